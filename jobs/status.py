@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Show what a run is doing: one row per stage, then failed tasks with their log tails.
+
+    python jobs/status.py runs/smoke
+    python jobs/status.py runs/ain --watch          # refresh every 10 s
+    python jobs/status.py runs/ain --json           # machine-readable
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+
+from rich.console import Console
+from rich.live import Live
+
+from ain.config import ConfigError
+from ain.rundir import RunDir
+from ain.slurm.status import collect, render
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir")
+    p.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    p.add_argument("--interval", type=float, default=10.0, help="seconds between refreshes with --watch")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument("--lines", type=int, default=15, help="log lines shown per failed task")
+    args = p.parse_args()
+    run = RunDir(args.run_dir)
+    try:
+        statuses = collect(run, tail_lines=args.lines)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([dataclasses.asdict(s) | {"state": s.state, "throughput": s.throughput, "eta_s": s.eta_s}
+                          for s in statuses], default=str, indent=1))
+        return 0
+    console = Console()
+    if not args.watch:
+        console.print(render(run, statuses))
+        return 1 if any(s.problems for s in statuses) else 0
+    with Live(render(run, statuses), console=console, refresh_per_second=1) as live:
+        try:
+            while True:
+                time.sleep(args.interval)
+                live.update(render(run, collect(run, tail_lines=args.lines)))
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

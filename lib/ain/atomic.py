@@ -1,0 +1,141 @@
+"""Crash-safe file writes: a reader never sees a half-written file.
+
+Everything a stage publishes goes through a temp name in the same directory, fsync, then
+os.replace (atomic on POSIX filesystems, including NFS and Lustre for a rename within one
+directory). `ResumableJsonl` extends this to outputs written row by row over a long task that
+may be preempted: progress is committed in steps, and a restart continues at the last commit
+without repeating or losing a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def atomic_write_json(path: Path, obj: Any, mode: int = 0o600) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n", mode)
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ResumableJsonl:
+    """JSON-lines outputs of one task that survive preemption.
+
+    Each named stream appends to `<file>.partial`; `commit(position)` fsyncs them and records
+    (position, byte offset of every stream, counters) in one state file, atomically; `finish()`
+    renames every partial file to its final name. A restart truncates each partial file to its
+    committed offset and resumes reading the input at the committed position, so rows written
+    after the last commit are written again exactly once and none is lost. `position` counts
+    input items consumed (a task may write 0 or several rows per item, to any stream).
+    """
+
+    def __init__(self, files: dict[str, Path], state_path: Path) -> None:
+        self.finals = {name: Path(p) for name, p in files.items()}
+        self.state_path = Path(state_path)
+        state = read_json(self.state_path) if self.state_path.exists() else {}
+        self.position: int = state.get("position", 0)
+        self.counters: dict[str, int] = dict(state.get("counters", {}))
+        self.resumed_from: int = self.position
+        offsets: dict[str, int] = state.get("offsets", {})
+        self._files = {}
+        for name, final in self.finals.items():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            partial, offset = _partial(final), offsets.get(name, 0)
+            if final.exists() and not partial.exists():
+                # Killed after finish() but before the task's marker: take the published file
+                # back so the re-run skips every row and publishes the same bytes again.
+                os.replace(final, partial)
+            if offset and (not partial.exists() or partial.stat().st_size < offset):
+                raise RuntimeError(f"{partial}: shorter than the {offset} bytes committed in "
+                                   f"{self.state_path}; the output was modified or lost. Delete both "
+                                   "files to redo this task from the start.")
+            # "a+b" creates the file if needed; truncation drops rows written after the last commit.
+            f = open(partial, "a+b")
+            f.truncate(offset)
+            f.seek(offset)
+            self._files[name] = f
+
+    def write(self, stream: str, obj: Any) -> None:
+        line = json.dumps(obj, ensure_ascii=False, sort_keys=True) + "\n"
+        self._files[stream].write(line.encode("utf-8"))
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def commit(self, position: int) -> None:
+        """Everything written so far belongs to input items [0, position)."""
+        for f in self._files.values():
+            f.flush()
+            os.fsync(f.fileno())
+        self.position = position
+        atomic_write_json(self.state_path, {
+            "position": position, "counters": self.counters,
+            "offsets": {name: f.tell() for name, f in self._files.items()}})
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        """Publish every stream under its final name; rows, bytes and sha256 per stream."""
+        out = {}
+        for name, f in self._files.items():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            final = self.finals[name]
+            os.chmod(_partial(final), 0o600)
+            os.replace(_partial(final), final)
+            with open(final, "rb") as g:
+                rows = sum(1 for _ in g)
+            out[name] = {"file": final.name, "rows": rows, "bytes": final.stat().st_size,
+                         "sha256": sha256_file(final)}
+        return out
+
+    def close(self) -> None:
+        for f in self._files.values():
+            if not f.closed:
+                f.close()
+
+
+def _partial(final: Path) -> Path:
+    return final.with_name(final.name + ".partial")
+
+
+def iter_jsonl(path: Path) -> Iterator[Any]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)

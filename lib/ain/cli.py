@@ -1,0 +1,54 @@
+"""Shared command-line handling of the jobs/ entry points: key=value overrides plus a few flags.
+
+Entry points stay thin: parse, load and validate the config, launch, print, exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from ain.config import ConfigError, describe_fields, load_config
+from ain.slurm.launcher import Launcher, StageFailed, describe, resolve_run_dir, wait_for
+
+HELP_EPILOG = "Overrides are key=value (e.g. recipe=ain cluster=slurm ingest.num_tasks=8). Keys:\n"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=HELP_EPILOG + "\n".join(f"  {k} = {d}\n      {doc}"
+                                                               for k, d, doc in describe_fields()))
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.add_argument("--dry-run", action="store_true", help="print the DAG, arrays, resources and sbatch text; submit nothing")
+    p.add_argument("--force", action="store_true", help="accept config changes against the frozen config.yaml")
+    p.add_argument("--wait", action="store_true", help="with Slurm: block until the submitted jobs have left the queue")
+    return p
+
+
+def submit_main(description: str, argv: Sequence[str] | None = None, extra: Sequence[str] = ()) -> int:
+    args = parser(description).parse_args(argv)
+    try:
+        cfg = load_config([*extra, *args.overrides])
+        run = resolve_run_dir(cfg)
+        launcher = Launcher(cfg, run)
+        if args.dry_run:
+            print(launcher.dry_run())
+            return 0
+        print(f"run directory: {run.root.resolve()}  (executor: {launcher.kind})", flush=True)
+        report = launcher.launch(force=args.force, argv=sys.argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(describe(report))
+    if launcher.kind == "slurm":
+        if args.wait:
+            wait_for(run, report, poll_s=cfg.cluster.poll_s)
+            print("all jobs left the queue")
+        print(f"follow it with: python jobs/status.py {run.root}")
+    else:
+        print(f"finished; outputs under {run.root.resolve()}/stages")
+    return 0

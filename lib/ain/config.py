@@ -1,0 +1,375 @@
+"""Typed configuration: dataclasses are the schema, YAML files and the command line are overrides.
+
+Composition order (later wins), all merged in OmegaConf struct mode so an unknown key fails:
+
+    RunConfig defaults  <-  configs/recipe/<recipe>.yaml  <-  configs/cluster/<cluster>.yaml
+                        <-  key=value overrides from the command line
+
+`load_config` returns a plain `RunConfig` (never a DictConfig) that has passed `validate`, so
+every mistake a queue wait would otherwise reveal is reported on the login node, naming the key.
+
+Each field is documented by the string literal under it; `describe_fields` reads those strings
+for `--help`.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import textwrap
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIGS_DIR = PROJECT_ROOT / "configs"
+
+# Stages in pipeline order. A recipe lists the subset it runs; each listed stage depends on the
+# previous listed one. Stages not implemented yet are refused by validation with a clear message.
+PIPELINE_ORDER = ("canary", "ingest", "translate", "verify", "safety", "mix", "pack", "train", "export", "eval")
+
+
+@dataclass
+class Resources:
+    """What one array task of a stage asks Slurm for."""
+
+    nodes: int = 1
+    """Nodes per task (more than 1 only for multi-node training)."""
+    tasks_per_node: int = 1
+    """Processes per node (one per GPU for training)."""
+    cpus_per_task: int = 1
+    """CPU cores per process."""
+    gpus_per_node: int = 0
+    """GPUs per node (0 for CPU-only stages)."""
+    mem_gb: float = 4.0
+    """Memory per node in GB (0: let the cluster decide)."""
+    time_min: int = 60
+    """Wall-clock limit per task in minutes; USR2 arrives cluster.signal_delay_s before it."""
+
+
+@dataclass
+class ClusterConfig:
+    """Where and how jobs run. Changing these between launches of a run is allowed."""
+
+    name: str = "local"
+    """Profile name (configs/cluster/<name>.yaml)."""
+    executor: str = "auto"
+    """auto: Slurm when `sbatch` works here, else submitit's local executor; or slurm / local."""
+    partition: Optional[str] = None
+    """Slurm partition (-p)."""
+    account: Optional[str] = None
+    """Slurm account (-A)."""
+    qos: Optional[str] = None
+    """Slurm quality of service."""
+    constraint: Optional[str] = None
+    """Slurm node feature constraint (-C), e.g. a100."""
+    gres: Optional[str] = None
+    """Explicit --gres string for GPU stages on clusters that want one (e.g. gpu:a100:8); by default
+    GPUs are requested with --gpus-per-node from the stage's resources."""
+    max_nodes: int = 1
+    """Nodes one job may use on this cluster; larger requests are refused before submission."""
+    max_gpus_per_node: int = 0
+    """GPUs per node on this cluster."""
+    max_cpus_per_node: int = 2
+    """CPU cores per node on this cluster."""
+    max_time_min: int = 2880
+    """Longest time limit the partition accepts."""
+    signal_delay_s: int = 120
+    """Seconds before the time limit at which Slurm sends USR2 (the task checkpoints and requeues)."""
+    array_parallelism: int = 64
+    """Most array tasks of one stage running at once (the %N throttle)."""
+    max_requeues: int = 3
+    """Times one task may be requeued after preemption or time limit before it is failed."""
+    extra_sbatch: dict[str, str] = field(default_factory=dict)
+    """Extra sbatch options, name -> value (e.g. {reservation: big, exclusive: ""})."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run in each job before the task (module load ..., source venv/bin/activate)."""
+    poll_s: float = 2.0
+    """Seconds between polls while waiting on jobs (local executor, --wait)."""
+
+
+@dataclass
+class CanaryConfig:
+    """A cheap stage that exercises the scheduler path end to end: arrays, throttles,
+    dependencies, requeue and resume. `jobs/check_cluster.py` runs it to vet a cluster profile."""
+
+    num_tasks: int = 2
+    """Array size."""
+    items_per_task: int = 5
+    """Items each task writes; its output must list each exactly once, whatever happened."""
+    seconds_per_item: float = 0.1
+    """Sleep per item (simulated work)."""
+    commit_every: int = 1
+    """Items between progress commits (resume granularity)."""
+    resources: Resources = field(default_factory=lambda: Resources(mem_gb=0.5, time_min=10))
+
+
+@dataclass
+class IngestSource:
+    """One input of the ingest stage."""
+
+    path: str = ""
+    """File, directory (Hugging Face dataset saved to disk), or hub id (format=hub)."""
+    format: str = "auto"
+    """auto (from the path), jsonl, json, parquet, hf_disk or hub."""
+    style: str = "auto"
+    """Conversation layout: auto, native (turns), llava (conversations/from/value) or sharegpt
+    (messages/role/content)."""
+    name: Optional[str] = None
+    """Source name recorded on every sample (default: the file or dataset name)."""
+    language: Optional[str] = None
+    """en or ar for every row; None: the row's own `language` field, else detected from the script."""
+    domain: Optional[str] = None
+    """Domain for every row; None: the row's own `domain` field, else 'general'."""
+    authentic: Optional[bool] = None
+    """True when the text was written in its language (not translated); None: the row's field,
+    else True."""
+    image_root: Optional[str] = None
+    """Directory that relative image paths resolve against (default: the file's directory)."""
+    split: str = "train"
+    """Split to read from a dataset dict (hf_disk, hub)."""
+
+
+@dataclass
+class IngestConfig:
+    sources: list[IngestSource] = field(default_factory=list)
+    """Inputs, read in this order; rows are dealt round-robin to the tasks."""
+    num_tasks: int = 2
+    """Array size; each task reads a deterministic 1/num_tasks of every source."""
+    commit_every: int = 64
+    """Rows between progress commits (resume granularity)."""
+    max_image_bytes: int = 64 * 1024 * 1024
+    """Images larger than this are quarantined."""
+    resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=1, mem_gb=4, time_min=120))
+
+
+@dataclass
+class RunConfig:
+    """Top level: one run of one recipe on one cluster."""
+
+    recipe: str = "smoke"
+    """Recipe name (configs/recipe/<recipe>.yaml)."""
+    name: str = ""
+    """Run name; the run directory is <runs_root>/<name>. Default: the recipe name, so re-running
+    the same command continues the same run."""
+    runs_root: str = "runs"
+    """Directory holding run directories (on the shared filesystem on a cluster)."""
+    seed: int = 0
+    """Seed recorded for every randomised step."""
+    stages: list[str] = field(default_factory=lambda: ["ingest"])
+    """Stages to run, in pipeline order; each waits for the previous one (afterok)."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    canary: CanaryConfig = field(default_factory=CanaryConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_root) / self.name
+
+
+# Stages whose code exists; the others are listed in PIPELINE_ORDER for the plan and --help.
+IMPLEMENTED_STAGES = ("canary", "ingest")
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration; the message names the key and the fix."""
+
+
+def split_overrides(argv: list[str]) -> tuple[str, str, list[str]]:
+    """Pull `recipe=` and `cluster=` (which choose files) out of the key=value list."""
+    recipe, cluster, rest = "smoke", "local", []
+    for arg in argv:
+        if "=" not in arg:
+            raise ConfigError(f"argument {arg!r} is not key=value (e.g. recipe=smoke ingest.num_tasks=4)")
+        key, value = arg.split("=", 1)
+        if key == "recipe":
+            recipe = value
+        elif key == "cluster":
+            cluster = value
+        else:
+            rest.append(arg)
+    return recipe, cluster, rest
+
+
+def _yaml(kind: str, name: str, configs_dir: Path) -> Any:
+    path = configs_dir / kind / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (configs_dir / kind).glob("*.yaml"))
+        raise ConfigError(f"{kind}={name}: no file {path}; known: {', '.join(known)}")
+    try:
+        return OmegaConf.load(path)
+    except Exception as exc:  # YAML syntax errors carry line numbers
+        raise ConfigError(f"{path}: cannot parse: {exc}") from exc
+
+
+def _merge(base: Any, other: Any, what: str) -> Any:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise ConfigError(f"{what}: key '{key}': {exc.msg if hasattr(exc, 'msg') else exc}".rstrip()) from exc
+
+
+def load_config(argv: list[str], configs_dir: Path = CONFIGS_DIR, check_paths: bool = True) -> RunConfig:
+    """Compose defaults <- recipe <- cluster <- overrides, then validate."""
+    recipe, cluster, overrides = split_overrides(argv)
+    merged = OmegaConf.structured(RunConfig)
+    merged = _merge(merged, _yaml("recipe", recipe, configs_dir), f"configs/recipe/{recipe}.yaml")
+    merged = _merge(merged, {"cluster": _yaml("cluster", cluster, configs_dir)}, f"configs/cluster/{cluster}.yaml")
+    merged = _merge(merged, {"recipe": recipe, "cluster": {"name": cluster}}, "selection")
+    try:
+        cli = OmegaConf.from_dotlist(overrides)
+    except Exception as exc:
+        raise ConfigError(f"command line: {exc}") from exc
+    merged = _merge(merged, cli, "command line")
+    cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    if not cfg.name:
+        cfg.name = cfg.recipe
+    _absolute_input_paths(cfg)
+    validate(cfg, check_paths=check_paths)
+    return cfg
+
+
+def _absolute_input_paths(cfg: RunConfig) -> None:
+    """Relative input paths mean "from where the command was typed"; jobs run elsewhere."""
+    for src in cfg.ingest.sources:
+        if src.format != "hub" and src.path and not os.path.isabs(src.path):
+            src.path = os.path.abspath(src.path)
+        if src.image_root and not os.path.isabs(src.image_root):
+            src.image_root = os.path.abspath(src.image_root)
+
+
+def validate(cfg: RunConfig, check_paths: bool = True) -> None:
+    """Checks a queue wait would otherwise reveal. Raises ConfigError naming the key."""
+    errors: list[str] = []
+
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            errors.append(f"{key}: {message}")
+
+    need(bool(cfg.name) and "/" not in cfg.name and not cfg.name.startswith("."), "name",
+         f"{cfg.name!r} must be a plain directory name")
+    unknown = [s for s in cfg.stages if s not in PIPELINE_ORDER]
+    need(not unknown, "stages", f"unknown stage(s) {unknown}; the pipeline is {list(PIPELINE_ORDER)}")
+    later = [s for s in cfg.stages if s in PIPELINE_ORDER and s not in IMPLEMENTED_STAGES]
+    need(not later, "stages", f"{later} not implemented in this version; run with stages={list(IMPLEMENTED_STAGES)}")
+    need(len(set(cfg.stages)) == len(cfg.stages), "stages", "a stage is listed twice")
+    order = [PIPELINE_ORDER.index(s) for s in cfg.stages if s in PIPELINE_ORDER]
+    need(order == sorted(order), "stages", f"must follow pipeline order {list(PIPELINE_ORDER)}")
+    need(bool(cfg.stages), "stages", "empty: list at least one stage")
+
+    c = cfg.cluster
+    need(c.executor in ("auto", "slurm", "local"), "cluster.executor", "must be auto, slurm or local")
+    need(c.array_parallelism >= 1, "cluster.array_parallelism", "must be >= 1")
+    need(c.signal_delay_s >= 0, "cluster.signal_delay_s", "must be >= 0")
+    need(c.max_requeues >= 0, "cluster.max_requeues", "must be >= 0")
+    for opt in c.extra_sbatch:
+        need(opt.replace("-", "_").replace("_", "").isalnum(), f"cluster.extra_sbatch.{opt}",
+             "option names are letters, digits, - and _ (no leading --)")
+
+    for stage in cfg.stages:
+        sub = getattr(cfg, stage, None)
+        if sub is None:
+            continue
+        need(sub.num_tasks >= 1, f"{stage}.num_tasks", "must be >= 1")
+        r = sub.resources
+        key = f"{stage}.resources"
+        need(1 <= r.nodes <= c.max_nodes, f"{key}.nodes",
+             f"{r.nodes} requested, cluster '{c.name}' allows 1..{c.max_nodes} (cluster.max_nodes)")
+        need(r.tasks_per_node >= 1, f"{key}.tasks_per_node", "must be >= 1")
+        need(0 <= r.gpus_per_node <= c.max_gpus_per_node, f"{key}.gpus_per_node",
+             f"{r.gpus_per_node} requested, cluster '{c.name}' has {c.max_gpus_per_node} per node")
+        need(1 <= r.cpus_per_task * r.tasks_per_node <= c.max_cpus_per_node, f"{key}.cpus_per_task",
+             f"{r.cpus_per_task} x {r.tasks_per_node} tasks > {c.max_cpus_per_node} cores per node")
+        need(r.mem_gb >= 0, f"{key}.mem_gb", "must be >= 0")
+        need(1 <= r.time_min <= c.max_time_min, f"{key}.time_min",
+             f"{r.time_min} not in 1..{c.max_time_min} (cluster.max_time_min)")
+        need(c.signal_delay_s < r.time_min * 60, f"{key}.time_min",
+             f"USR2 would come {c.signal_delay_s}s before a {r.time_min}-minute limit: raise time_min "
+             "or lower cluster.signal_delay_s")
+
+    if "ingest" in cfg.stages:
+        need(bool(cfg.ingest.sources), "ingest.sources", "no inputs: list at least one source")
+        need(cfg.ingest.commit_every >= 1, "ingest.commit_every", "must be >= 1")
+        for i, src in enumerate(cfg.ingest.sources):
+            key = f"ingest.sources[{i}]"
+            need(src.format in ("auto", "jsonl", "json", "parquet", "hf_disk", "hub"), f"{key}.format",
+                 f"{src.format!r}: use auto, jsonl, json, parquet, hf_disk or hub")
+            need(src.style in ("auto", "native", "llava", "sharegpt"), f"{key}.style",
+                 f"{src.style!r}: use auto, native, llava or sharegpt")
+            need(src.language in (None, "en", "ar"), f"{key}.language", "en, ar or null")
+            if check_paths and src.format != "hub":
+                need(bool(src.path) and Path(src.path).exists(), f"{key}.path",
+                     f"{src.path!r} does not exist (relative paths resolve from {os.getcwd()})")
+            if check_paths and src.image_root:
+                need(Path(src.image_root).is_dir(), f"{key}.image_root", f"{src.image_root!r} is not a directory")
+        if check_paths and not errors:
+            from ain.data.ingest import prepare_sources  # noqa: PLC0415 (keeps config import-light)
+            from ain.data.readers import SourceError  # noqa: PLC0415
+
+            try:
+                prepare_sources(cfg.ingest.sources)
+            except SourceError as exc:
+                errors.append(f"ingest.sources: {exc}")
+    if "canary" in cfg.stages:
+        need(cfg.canary.items_per_task >= 1, "canary.items_per_task", "must be >= 1")
+        need(cfg.canary.commit_every >= 1, "canary.commit_every", "must be >= 1")
+
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_yaml(text: str) -> RunConfig:
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(text))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """{'ingest.num_tasks': 2, ...}: for diffs between a frozen and a new config."""
+    container = OmegaConf.to_container(OmegaConf.structured(cfg)) if is_dataclass(cfg) else cfg
+    out: dict[str, Any] = {}
+    for key, value in container.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The string literal under each field of a dataclass (attribute docstrings)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every field, recursively: the text of `--help`."""
+    rows: list[tuple[str, str, str]] = []
+    docs = _field_docs(cls)
+    defaults = cls()
+    for f in fields(cls):
+        value = getattr(defaults, f.name)
+        if is_dataclass(value):
+            rows.extend(describe_fields(type(value), f"{prefix}{f.name}."))
+        else:
+            rows.append((f"{prefix}{f.name}", repr(value), docs.get(f.name, "")))
+    return rows

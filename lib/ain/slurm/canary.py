@@ -1,0 +1,39 @@
+"""The canary stage: cheap simulated work that takes the same path as every real stage.
+
+Each task "processes" items 0..items_per_task-1 of its slice, sleeping seconds_per_item on each,
+and writes one row per item with resumable outputs. Its output lists every item exactly once
+whatever happened on the way (preemption, requeue, a crash between commits), which is what the
+Slurm tests check, and what `jobs/check_cluster.py` shows a researcher before a big submission.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from ain.stages import TaskContext
+
+
+def run_canary_task(ctx: TaskContext) -> dict[str, Any]:
+    cfg = ctx.cfg.canary
+    out = ctx.resumable_outputs(items=f"items-{ctx.index:05d}.jsonl")
+    if out.resumed_from:
+        ctx.log.info("canary task %d resumes at item %d", ctx.index, out.resumed_from)
+    start = time.time()
+    attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    try:
+        for item in range(out.position, cfg.items_per_task):
+            time.sleep(cfg.seconds_per_item)
+            out.write("items", {"task": ctx.index, "item": item, "attempt": attempt,
+                                "host": os.environ.get("SLURMD_NODENAME", socket.gethostname())})
+            out.count("items")
+            if (item + 1) % cfg.commit_every == 0 or item + 1 == cfg.items_per_task:
+                out.commit(item + 1)
+        files = out.finish()
+    finally:
+        out.close()
+    done = cfg.items_per_task - out.resumed_from
+    ctx.log.info("canary task %d: %d items in %.1fs", ctx.index, done, time.time() - start)
+    return {"items": cfg.items_per_task, "resumed_from": out.resumed_from, "files": files}

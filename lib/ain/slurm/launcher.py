@@ -1,0 +1,244 @@
+"""Submit a run's stages: one Slurm array per stage, chained with afterok dependencies.
+
+A launch is idempotent. For each stage, in DAG order:
+
+    missing = all indices - done markers - elements still queued or running (asked of squeue)
+
+Only `missing` is submitted. A stage that submitted anything makes the pending-on-dependency
+elements of later stages stale (they wait on the failed task that caused the resubmission), so
+those are cancelled and resubmitted behind the new job. Dependencies name whole new arrays and
+the individual still-active elements of older ones (`afterok:123:118_4`), never an older array
+as a whole, which may contain the failed task being replaced.
+
+Without Slurm (cluster.executor=local, or auto with no scheduler), the same tasks run through
+submitit's local executor, stage after stage, and the launch waits for them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import submitit
+
+from ain.config import RunConfig
+from ain.rundir import RunDir
+from ain.slurm import scheduler
+from ain.slurm.sbatch import render_sbatch, slurm_parameters
+from ain.slurm.task import StageTask
+from ain.stages import PlannedStage, plan
+
+
+@dataclass
+class StageLaunch:
+    """What one launch did for one stage."""
+
+    stage: str
+    num_tasks: int
+    done: list[int] = field(default_factory=list)
+    active: list[str] = field(default_factory=list)       # queue elements left alone
+    cancelled: list[str] = field(default_factory=list)    # stale dependents cancelled
+    submitted: list[int] = field(default_factory=list)    # stage indices submitted now
+    elements: list[str] = field(default_factory=list)     # their queue elements ('123_0', ...)
+    job_id: str | None = None
+    dependency: list[str] = field(default_factory=list)
+
+
+def executor_kind(cfg: RunConfig) -> str:
+    if cfg.cluster.executor != "auto":
+        return cfg.cluster.executor
+    return "slurm" if scheduler.slurm_available() else "local"
+
+
+def job_name(cfg: RunConfig, stage: str) -> str:
+    return f"ain-{cfg.name}-{stage}"
+
+
+def submitted_elements(run: RunDir) -> dict[str, tuple[str, int]]:
+    """Map queue element ('123_4', or '123' for a one-task submission, which submitit sends as
+    a plain job) -> (stage, stage index), from events.jsonl."""
+    out: dict[str, tuple[str, int]] = {}
+    for ev in run.events():
+        if ev.get("kind") == "submit" and ev.get("executor") == "slurm":
+            for element, index in zip(ev["elements"], ev["indices"]):
+                out[element] = (ev["stage"], index)
+    return out
+
+
+class Launcher:
+    def __init__(self, cfg: RunConfig, run: RunDir) -> None:
+        self.cfg = cfg
+        self.run = run
+        self.kind = executor_kind(cfg)
+
+    # planning ---------------------------------------------------------------------------------
+    def dry_run(self) -> str:
+        """The DAG, each stage's array and resources, and the sbatch text; submits nothing."""
+        lines = [f"run directory: {self.run.root.resolve()}", f"executor: {self.kind}", "DAG:"]
+        for st in plan(self.cfg):
+            paths = self.run.stage(st.name)
+            missing = sorted(set(range(st.num_tasks)) - paths.done_indices())
+            r = st.resources
+            lines.append(
+                f"  {st.name}: {st.num_tasks} tasks ({len(missing)} to run), after {st.depends_on or '-'}; "
+                f"per task {r.nodes} node(s) x {r.tasks_per_node} proc, {r.cpus_per_task} cpu, "
+                f"{r.gpus_per_node} gpu/node, {r.mem_gb:g} GB, {r.time_min} min")
+        for st in plan(self.cfg):
+            dep = [f"<{st.depends_on} job>"] if st.depends_on else None
+            text = render_sbatch(self.cfg.cluster, job_name(self.cfg, st.name), st.resources,
+                                 self.run.stage(st.name).logs, st.num_tasks, python=sys.executable,
+                                 dependency=dep)
+            lines += ["", f"# ---- sbatch for stage {st.name} ----", text]
+        return "\n".join(lines)
+
+    # launching --------------------------------------------------------------------------------
+    def launch(self, force: bool = False, argv: list[str] | None = None) -> list[StageLaunch]:
+        # Everything this launch creates (pickles, sbatch scripts) and, through sbatch's umask
+        # propagation, every file the jobs create is private to the user.
+        old_umask = os.umask(0o077)
+        try:
+            with self.run.lock():
+                self.run.freeze(self.cfg, force=force, argv=argv)
+                if self.kind == "slurm":
+                    return self._launch_slurm()
+                return self._launch_local()
+        finally:
+            os.umask(old_umask)
+
+    def _launch_slurm(self) -> list[StageLaunch]:
+        elements = submitted_elements(self.run)
+        job_ids = {e.split("_", 1)[0] for e in elements}
+        queue = scheduler.queue(job_ids)
+        report: list[StageLaunch] = []
+        upstream: list[str] = []          # dependency targets for the next stage
+        upstream_resubmitted = False
+        for st in plan(self.cfg):
+            paths = self.run.stage(st.name).create()
+            done = paths.done_indices()
+            sl = StageLaunch(st.name, st.num_tasks, done=sorted(done))
+            active: dict[int, str] = {}
+            stale: list[str] = []
+            for element, entry in queue.items():
+                stage, index = elements.get(element, (None, -1))
+                if stage != st.name or not entry.active or index in done:
+                    continue
+                if entry.stuck_on_dependency or (upstream_resubmitted and entry.waiting_on_dependency):
+                    stale.append(element)
+                else:
+                    active[index] = element
+            if stale:
+                scheduler.cancel(stale)
+                sl.cancelled = sorted(stale)
+                self.run.append_event({"kind": "cancel", "stage": st.name, "elements": sl.cancelled,
+                                       "reason": "dependency on a replaced or failed upstream task"})
+            missing = sorted(set(range(st.num_tasks)) - done - set(active))
+            sl.active = sorted(active.values())
+            sl.dependency = list(upstream)
+            if missing:
+                sl.job_id, sl.elements = self._submit_slurm(st, missing, upstream)
+                sl.submitted = missing
+            upstream = ([sl.job_id] if sl.job_id else []) + sl.active
+            upstream_resubmitted = upstream_resubmitted or bool(missing)
+            report.append(sl)
+        return report
+
+    def _executor(self, st: PlannedStage, kind: str) -> submitit.Executor:
+        folder = self.run.stage(st.name).logs
+        if kind == "slurm":
+            return submitit.SlurmExecutor(folder=folder, max_num_timeout=self.cfg.cluster.max_requeues)
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=st.resources.time_min)
+        return ex
+
+    def _submit_slurm(self, st: PlannedStage, indices: list[int], dependency: list[str]) -> tuple[str, list[str]]:
+        executor = self._executor(st, "slurm")
+        executor.update_parameters(**slurm_parameters(self.cfg.cluster, job_name(self.cfg, st.name),
+                                                      st.resources, dependency or None))
+        # A launch from inside a job must not pass its own SLURM_* / torch variables on.
+        with submitit.helpers.clean_env():
+            jobs = executor.map_array(StageTask(str(self.run.root.resolve()), st.name), indices)
+        job_id = jobs[0].job_id.split("_", 1)[0]
+        elements = [job.job_id for job in jobs]
+        self.run.append_event({"kind": "submit", "executor": "slurm", "stage": st.name, "job_id": job_id,
+                               "indices": indices, "elements": elements, "dependency": dependency,
+                               "argv": sys.argv})
+        return job_id, elements
+
+    def _launch_local(self) -> list[StageLaunch]:
+        report: list[StageLaunch] = []
+        for st in plan(self.cfg):
+            paths = self.run.stage(st.name).create()
+            done = paths.done_indices()
+            sl = StageLaunch(st.name, st.num_tasks, done=sorted(done))
+            missing = sorted(set(range(st.num_tasks)) - done)
+            report.append(sl)
+            if not missing:
+                continue
+            sl.submitted = missing
+            sl.job_id = f"local-{int(time.time())}"
+            self.run.append_event({"kind": "submit", "executor": "local", "stage": st.name,
+                                   "job_id": sl.job_id, "indices": missing, "argv": sys.argv})
+            failed = self._run_local(st, missing)
+            if failed:
+                raise StageFailed(st.name, failed, self.run)
+        return report
+
+    def _run_local(self, st: PlannedStage, indices: list[int]) -> list[int]:
+        """Run tasks through submitit's local executor, at most array_parallelism at once."""
+        executor = self._executor(st, "local")
+        task = StageTask(str(self.run.root.resolve()), st.name)
+        width = max(1, min(self.cfg.cluster.array_parallelism, os.cpu_count() or 1))
+        failed: list[int] = []
+        for start in range(0, len(indices), width):
+            batch = indices[start:start + width]
+            jobs = executor.map_array(task, batch)
+            for index, job in zip(batch, jobs):
+                try:
+                    job.result()
+                except Exception:  # the failure record is in the run directory
+                    failed.append(index)
+        return failed
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, indices: list[int], run: RunDir) -> None:
+        self.stage, self.indices = stage, indices
+        super().__init__(f"stage {stage}: task(s) {indices} failed; see `python jobs/status.py {run.root}` "
+                         f"and {run.stage(stage).failed}")
+
+
+def wait_for(run: RunDir, report: list[StageLaunch], timeout_s: float = 3600, poll_s: float = 2.0) -> None:
+    """Block until no element of this run is pending or running (for --wait, tests, e2e)."""
+    deadline = time.time() + timeout_s
+    elements = submitted_elements(run)
+    job_ids = {e.split("_", 1)[0] for e in elements}
+    while time.time() < deadline:
+        if not any(e.active for e in scheduler.queue(job_ids).values()):
+            return
+        time.sleep(poll_s)
+    raise TimeoutError(f"{run.root}: jobs still active after {timeout_s:.0f}s")
+
+
+def describe(report: list[StageLaunch]) -> str:
+    rows = []
+    for sl in report:
+        parts = [f"{sl.stage}: {len(sl.done)}/{sl.num_tasks} done"]
+        if sl.submitted:
+            parts.append(f"submitted {len(sl.submitted)} task(s) as job {sl.job_id}"
+                         + (f" after {':'.join(sl.dependency)}" if sl.dependency else ""))
+        if sl.active:
+            parts.append(f"{len(sl.active)} still queued/running ({', '.join(sl.active[:4])}"
+                         + (", ..." if len(sl.active) > 4 else "") + ")")
+        if sl.cancelled:
+            parts.append(f"cancelled stale {', '.join(sl.cancelled)}")
+        if not sl.submitted and not sl.active:
+            parts.append("nothing to do" if len(sl.done) == sl.num_tasks else "")
+        rows.append("; ".join(p for p in parts if p))
+    return "\n".join(rows)
+
+
+def resolve_run_dir(cfg: RunConfig) -> RunDir:
+    return RunDir((Path(cfg.runs_root) / cfg.name).resolve())

@@ -1,0 +1,179 @@
+"""What a run is doing, reconstructed from its run directory and `squeue`.
+
+Per stage: tasks done / running / pending / failed / lost, job ids, throughput (items per
+second of task time, from the markers) and an ETA. A task is *failed* when it has a failure
+record and is not active; *lost* when it was submitted but has no marker, no failure record and
+is not in the queue (killed by the node, OOM, cancelled): both are resubmitted by a re-launch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ain.atomic import read_json
+from ain.rundir import RunDir
+from ain.slurm import scheduler
+from ain.slurm.launcher import submitted_elements
+from ain.stages import plan
+
+
+@dataclass
+class TaskProblem:
+    index: int
+    kind: str                      # failed | lost
+    record: dict[str, Any] | None
+    log_file: Path | None
+    log_tail: list[str]
+
+
+@dataclass
+class StageStatus:
+    name: str
+    num_tasks: int
+    done: int = 0
+    running: int = 0
+    pending: int = 0
+    failed: int = 0
+    lost: int = 0
+    job_ids: list[str] = field(default_factory=list)
+    items: int = 0
+    task_seconds: float = 0.0
+    first_start: float | None = None
+    last_end: float | None = None
+    problems: list[TaskProblem] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float | None:
+        """Items per second per task (from finished tasks)."""
+        return self.items / self.task_seconds if self.task_seconds > 0 else None
+
+    @property
+    def eta_s(self) -> float | None:
+        remaining = self.num_tasks - self.done
+        if remaining == 0:
+            return 0.0
+        if self.done == 0 or self.task_seconds <= 0:
+            return None
+        per_task = self.task_seconds / self.done
+        parallel = max(1, self.running)
+        return per_task * remaining / parallel
+
+    @property
+    def state(self) -> str:
+        if self.done == self.num_tasks:
+            return "done"
+        if self.failed or self.lost:
+            return "failed"
+        if self.running:
+            return "running"
+        if self.pending:
+            return "pending"
+        return "not submitted"
+
+
+def tail(path: Path | None, n: int = 15) -> list[str]:
+    if path is None or not path.exists():
+        return []
+    with open(path, errors="replace") as f:
+        return [line.rstrip("\n") for line in deque(f, maxlen=n)]
+
+
+def log_files(run: RunDir, stage: str, element: str) -> list[Path]:
+    """submitit's per-task logs: <job>_<array index>_0_log.{out,err}."""
+    logs = run.stage(stage).logs
+    return [logs / f"{element}_0_log.err", logs / f"{element}_0_log.out"]
+
+
+def collect(run: RunDir, use_queue: bool = True, tail_lines: int = 15) -> list[StageStatus]:
+    cfg = run.load_config()
+    events = [ev for ev in run.events() if ev.get("kind") == "submit"]
+    submitted = {(ev["stage"], index) for ev in events for index in ev["indices"]}
+    elements = submitted_elements(run)
+    job_ids = {e.split("_", 1)[0] for e in elements}
+    queue = scheduler.queue(job_ids) if (use_queue and job_ids and scheduler.slurm_available()) else {}
+    # latest element per (stage, index): later submissions replace earlier ones
+    latest: dict[tuple[str, int], str] = {}
+    for element, key in elements.items():
+        latest[key] = element
+    out: list[StageStatus] = []
+    for st in plan(cfg):
+        paths = run.stage(st.name)
+        s = StageStatus(st.name, st.num_tasks)
+        s.job_ids = [ev["job_id"] for ev in events if ev["stage"] == st.name]
+        done = paths.done_indices()
+        for index in sorted(done):
+            m = paths.read_marker(index) or {}
+            s.items += int(m.get("items", 0) or 0)
+            s.task_seconds += float(m.get("seconds", 0.0) or 0.0)
+            if m.get("start"):
+                s.first_start = min(s.first_start or m["start"], m["start"])
+            if m.get("end"):
+                s.last_end = max(s.last_end or m["end"], m["end"])
+        s.done = len(done)
+        for index in range(st.num_tasks):
+            if index in done:
+                continue
+            element = latest.get((st.name, index))
+            entry = queue.get(element) if element else None
+            if entry is not None and entry.active:
+                if entry.state == "PENDING":
+                    s.pending += 1
+                else:
+                    s.running += 1
+                continue
+            failure = paths.failure(index)
+            if failure.exists() or (st.name, index) in submitted:
+                record = read_json(failure) if failure.exists() else None
+                kind = "failed" if record else "lost"
+                if kind == "failed":
+                    s.failed += 1
+                else:
+                    s.lost += 1
+                log = None
+                if element:
+                    existing = [p for p in log_files(run, st.name, element) if p.exists() and p.stat().st_size]
+                    log = existing[0] if existing else None
+                s.problems.append(TaskProblem(index, kind, record, log, tail(log, tail_lines)))
+        out.append(s)
+    return out
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def render(run: RunDir, statuses: list[StageStatus]) -> Any:
+    """A rich renderable: the stage table, then each failed or lost task with its log tail."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"{run.root}  ({time.strftime('%H:%M:%S')})")
+    for col in ("stage", "state", "done", "run", "pend", "fail", "lost", "jobs", "it/s/task", "ETA"):
+        table.add_column(col, justify="left" if col in ("stage", "state", "jobs") else "right", no_wrap=True)
+    for s in statuses:
+        tp = f"{s.throughput:.2f}" if s.throughput is not None else "-"
+        table.add_row(s.name, s.state, f"{s.done}/{s.num_tasks}", str(s.running), str(s.pending), str(s.failed),
+                      str(s.lost), ",".join(s.job_ids[-3:]) or "-", tp, _fmt_seconds(s.eta_s))
+    parts: list[Any] = [table]
+    for s in statuses:
+        for p in s.problems:
+            head = f"{s.name}[{p.index}] {p.kind}"
+            if p.record:
+                head += f" on {p.record.get('host')} (job {p.record.get('job_id')}): {p.record.get('error')}"
+            else:
+                head += ": no marker, no failure record, not in the queue (killed, cancelled or OOM?)"
+            parts.append(Text(head, style="bold red"))
+            if p.log_file:
+                parts.append(Text(f"  last lines of {p.log_file}:", style="dim"))
+                parts.append(Text("\n".join("    " + line for line in p.log_tail)))
+    if any(s.problems for s in statuses):
+        parts.append(Text("Re-run the same submit command to resubmit failed and lost tasks.", style="yellow"))
+    return Group(*parts)

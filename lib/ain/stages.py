@@ -1,0 +1,82 @@
+"""The stage contract and the registry of stages.
+
+A stage is `num_tasks` independent tasks. Task i reads a deterministic slice of its inputs,
+writes its outputs atomically, and returns a dict of counts that becomes its completion marker
+`done/<i>.json`. A task whose marker exists is skipped, so a stage is idempotent and a re-run
+submits only the missing indices.
+
+A stage's code is one function `run_task(ctx: TaskContext) -> dict`. Its sub-config is
+`getattr(cfg, stage_name)` and must have `num_tasks` and `resources`. Functions are named here by
+import path so the login node does not import heavy stage code (torch, ...) just to plan.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ain.atomic import ResumableJsonl
+from ain.config import Resources, RunConfig
+from ain.rundir import RunDir, StagePaths
+
+STAGE_FUNCTIONS: dict[str, str] = {
+    "canary": "ain.slurm.canary:run_canary_task",
+    "ingest": "ain.data.ingest:run_ingest_task",
+}
+
+
+@dataclass
+class TaskContext:
+    """Everything one task of one stage needs."""
+
+    cfg: RunConfig
+    run: RunDir
+    stage: str
+    index: int
+    num_tasks: int
+    log: logging.Logger
+
+    @property
+    def paths(self) -> StagePaths:
+        return self.run.stage(self.stage)
+
+    @property
+    def stage_cfg(self) -> Any:
+        return getattr(self.cfg, self.stage)
+
+    def upstream(self, stage: str) -> StagePaths:
+        return self.run.stage(stage)
+
+    def resumable_outputs(self, **streams: str) -> ResumableJsonl:
+        """Output files of this task that survive preemption, e.g.
+        `ctx.resumable_outputs(samples="samples-00003.jsonl")` (see ResumableJsonl)."""
+        files = {name: self.paths.out / filename for name, filename in streams.items()}
+        return ResumableJsonl(files, self.paths.state_file(self.index))
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    name: str
+    num_tasks: int
+    resources: Resources
+    depends_on: str | None
+
+
+def plan(cfg: RunConfig) -> list[PlannedStage]:
+    """The DAG of this run: the recipe's stages in pipeline order, each after the previous."""
+    out: list[PlannedStage] = []
+    previous: str | None = None
+    for name in cfg.stages:
+        sub = getattr(cfg, name)
+        out.append(PlannedStage(name, sub.num_tasks, sub.resources, previous))
+        previous = name
+    return out
+
+
+def stage_function(name: str) -> Callable[[TaskContext], dict[str, Any]]:
+    if name not in STAGE_FUNCTIONS:
+        raise ValueError(f"stage {name!r} has no implementation; known: {sorted(STAGE_FUNCTIONS)}")
+    module, attr = STAGE_FUNCTIONS[name].split(":")
+    return getattr(importlib.import_module(module), attr)

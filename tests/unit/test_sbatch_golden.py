@@ -1,0 +1,47 @@
+"""The sbatch text a stage is submitted with, pinned by golden files.
+
+An intended change: delete the golden file, run the test once (it writes the new text and
+fails), review the diff, commit it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ain.config import load_config
+from ain.slurm.sbatch import render_sbatch, slurm_parameters
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+
+
+def rendered(argv, stage, dependency):
+    cfg = load_config(argv, check_paths=False)
+    sub = getattr(cfg, stage)
+    return render_sbatch(cfg.cluster, f"ain-{cfg.name}-{stage}", sub.resources,
+                         Path(f"/shared/runs/{cfg.name}/stages/{stage}/logs"), sub.num_tasks,
+                         python="/opt/envs/ain/bin/python", dependency=dependency)
+
+
+@pytest.mark.parametrize("name, argv, stage, dependency", [
+    ("ain_ingest_slurm", ["recipe=ain", "cluster=slurm", "cluster.account=proj42",
+                          "cluster.extra_sbatch={reservation: ain, exclusive: ''}"], "ingest", ["1234", "1200_7"]),
+    ("canary_localslurm", ["recipe=canary", "cluster=localslurm"], "canary", None),
+])
+def test_rendered_sbatch_matches_golden(chdir_root, name, argv, stage, dependency):
+    text = rendered(argv, stage, dependency)
+    golden = GOLDEN / f"{name}.sbatch"
+    if not golden.exists():
+        golden.write_text(text)
+        pytest.fail(f"wrote {golden}: review and commit it")
+    assert text == golden.read_text()
+
+
+def test_parameters_carry_dependency_throttle_and_kill_on_invalid_dep(chdir_root):
+    cfg = load_config(["recipe=canary", "cluster=localslurm", "cluster.array_parallelism=3"])
+    p = slurm_parameters(cfg.cluster, "x", cfg.canary.resources, ["10", "9_2"])
+    assert p["dependency"] == "afterok:10:9_2"
+    assert p["additional_parameters"]["kill-on-invalid-dep"] == "yes"
+    text = render_sbatch(cfg.cluster, "x", cfg.canary.resources, Path("/r/logs"), 8, dependency=["10"])
+    assert "#SBATCH --array=0-7%3" in text and "#SBATCH --signal=USR2@30" in text

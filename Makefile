@@ -1,9 +1,10 @@
 # Two commands do all the set-up (see README.md):
-#   make smoke   virtualenv + package, then `python jobs/submit_train.py recipe=smoke`
-#   make test    virtualenv + package, system packages and the local Slurm test cluster, then pytest
+#   make smoke   virtualenv + package + tiny models, then `python jobs/submit_train.py recipe=smoke`
+#   make test    the same, system packages and the local Slurm test cluster, then pytest
 PY ?= python3
 VENV := .venv
 export OMP_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -11,10 +12,18 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: setup smoke test cluster-up cluster-down
+.PHONY: setup models system smoke test cluster-up cluster-down
 setup: $(VENV)/.installed
 
-smoke: setup
+# Tiny local models for the smoke recipe and the tests (no hub access needed).
+models: setup
+	$(VENV)/bin/python scripts/build_tiny_models.py .cache/tiny
+
+# apt packages (WordNet for METEOR; Slurm + munge) and the local two-node Slurm test cluster.
+system:
+	bash scripts/install_system_deps.sh
+
+smoke: setup models system
 	$(VENV)/bin/python jobs/submit_train.py recipe=smoke
 
 cluster-up:
@@ -23,6 +32,5 @@ cluster-up:
 cluster-down:
 	bash tests/cluster/down.sh
 
-test: setup
-	bash scripts/install_system_deps.sh
+test: setup models system
 	$(VENV)/bin/python -m pytest tests

@@ -38,7 +38,7 @@ def main() -> int:
         print(json.dumps([dataclasses.asdict(s) | {"state": s.state, "throughput": s.throughput, "eta_s": s.eta_s}
                           for s in statuses], default=str, indent=1))
         return 0
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     if not args.watch:
         console.print(render(run, statuses))
         return 1 if any(s.problems for s in statuses) else 0

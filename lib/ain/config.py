@@ -148,6 +148,124 @@ class IngestConfig:
 
 
 @dataclass
+class ServerConfig:
+    """How a judge endpoint comes to exist (DESIGN.md "Judges and servers")."""
+
+    mode: str = "per_task"
+    """per_task: each array task starts `command` on its own GPUs and stops it at the end;
+    shared: one server job for the whole stage, its address written to the run directory;
+    external: `url` is an existing OpenAI-compatible endpoint."""
+    command: list[str] = field(default_factory=lambda: [
+        "vllm", "serve", "{model}", "--host", "{host}", "--port", "{port}",
+        "--tensor-parallel-size", "{tensor_parallel_size}", "--max-model-len", "8192"])
+    """Server command as an argument list; {model}, {host}, {port}, {tensor_parallel_size} are
+    filled in. Tests use `transformers serve` on a tiny local model through the same code."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for the server process (e.g. HF_HUB_OFFLINE: "1")."""
+    host: str = "127.0.0.1"
+    """Interface the server binds (per_task: loopback; shared: 0.0.0.0 so other nodes reach it)."""
+    tensor_parallel_size: int = 1
+    """GPUs one server uses (vLLM --tensor-parallel-size)."""
+    health_path: str = "/health"
+    """GET path that answers 200 once the server can take requests."""
+    startup_timeout_s: float = 1200.0
+    """Seconds to wait for health before failing with the server's log tail."""
+    url: Optional[str] = None
+    """external mode: base URL including /v1 (e.g. https://api.openai.com/v1)."""
+    api_key_env: Optional[str] = None
+    """Name of the environment variable holding the API key (never the key itself; never logged)."""
+    shared_resources: Resources = field(default_factory=lambda: Resources(
+        cpus_per_task=8, gpus_per_node=1, mem_gb=64, time_min=720))
+    """shared mode: what the one long-lived server job asks for (GPUs >= tensor_parallel_size)."""
+
+
+@dataclass
+class JudgeConfig:
+    """A model behind an OpenAI-compatible endpoint, and how to talk to it."""
+
+    model: str = ""
+    """Hub id or local path; sent as the request's `model` and filled into {model}."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    max_concurrency: int = 32
+    """Requests in flight per task."""
+    request_timeout_s: float = 300.0
+    """Per-request timeout."""
+    max_retries: int = 6
+    """Retries per request on 429/5xx/timeouts/connection errors and invalid structured answers."""
+    backoff_base_s: float = 0.5
+    """First retry delay; doubles each retry, with full jitter, up to backoff_max_s."""
+    backoff_max_s: float = 30.0
+    """Longest retry delay."""
+    temperature: float = 0.0
+    """Sampling temperature of first attempts (0: greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling."""
+    max_tokens: int = 1024
+    """Most tokens per answer (always sent: some servers default to far more)."""
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    """Server-specific request keys (vLLM: guided decoding, top_k); empty for portable servers."""
+
+
+TRANSLATE_TO_AR_PROMPT = (
+    "Translate the following English text into Modern Standard Arabic. Keep every marker of the "
+    "form ⟦n⟧ exactly as it is. Answer with the translation only.\n\n{text}")
+TRANSLATE_TO_EN_PROMPT = (
+    "Translate the following Arabic text into English. Keep every marker of the form ⟦n⟧ exactly "
+    "as it is. Answer with the translation only.\n\n{text}")
+
+
+@dataclass
+class TranslateConfig:
+    """English samples -> Arabic, and back to English for verification."""
+
+    translator: JudgeConfig = field(default_factory=lambda: JudgeConfig(model="Qwen/Qwen2.5-72B-Instruct"))
+    """The translator model and its endpoint."""
+    to_ar_prompt: str = TRANSLATE_TO_AR_PROMPT
+    """User message for EN->AR; {text} is the English segment with protected spans masked."""
+    to_en_prompt: str = TRANSLATE_TO_EN_PROMPT
+    """User message for AR->EN (back-translation)."""
+    max_chars: int = 6000
+    """Longer text segments are handled by `over_long`."""
+    over_long: str = "skip"
+    """skip (sample dropped and counted) or truncate (segment cut at max_chars, counted)."""
+    num_tasks: int = 2
+    """Array size; each task takes a deterministic share of the ingested English samples."""
+    commit_every: int = 16
+    """Samples between progress commits."""
+    resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=2, mem_gb=16, time_min=240))
+
+
+@dataclass
+class VerifyConfig:
+    """The report's translation gate (REFERENCE.md §1), with re-translation of failures."""
+
+    labse_model: str = "sentence-transformers/LaBSE"
+    """sentence-transformers model for cosine(EN original, AR translation)."""
+    labse_batch_size: int = 64
+    """Sentences per LaBSE batch."""
+    min_labse: float = 0.80
+    """Minimum cosine similarity."""
+    min_bleu4: float = 60.0
+    """Minimum sentence BLEU-4 (0-100) of the back-translation against the original."""
+    min_meteor: float = 80.0
+    """Minimum METEOR (0-100)."""
+    min_rouge_l: float = 80.0
+    """Minimum ROUGE-L F1 (0-100)."""
+    exact_match_passes: bool = True
+    """A back-translation equal to the original after normalising case, spaces and punctuation
+    passes the overlap metrics (short turns: a one-word exact match scores METEOR 0.5)."""
+    max_retranslations: int = 2
+    """Re-translation attempts for a failing sample before it is rejected."""
+    retry_temperatures: list[float] = field(default_factory=lambda: [0.4, 0.8])
+    """Sampling temperature of re-translation attempt k (the last value repeats)."""
+    num_tasks: int = 2
+    """Array size."""
+    commit_every: int = 64
+    """Samples between progress commits."""
+    resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=2, mem_gb=16, time_min=240))
+
+
+@dataclass
 class RunConfig:
     """Top level: one run of one recipe on one cluster."""
 
@@ -165,6 +283,8 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     canary: CanaryConfig = field(default_factory=CanaryConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    translate: TranslateConfig = field(default_factory=TranslateConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -172,7 +292,7 @@ class RunConfig:
 
 
 # Stages whose code exists; the others are listed in PIPELINE_ORDER for the plan and --help.
-IMPLEMENTED_STAGES = ("canary", "ingest")
+IMPLEMENTED_STAGES = ("canary", "ingest", "translate", "verify")
 
 
 class ConfigError(ValueError):
@@ -241,6 +361,11 @@ def _absolute_input_paths(cfg: RunConfig) -> None:
             src.path = os.path.abspath(src.path)
         if src.image_root and not os.path.isabs(src.image_root):
             src.image_root = os.path.abspath(src.image_root)
+    # Model names are hub ids unless they exist here as directories.
+    for holder, attr in ((cfg.translate.translator, "model"), (cfg.verify, "labse_model")):
+        value = getattr(holder, attr)
+        if value and not os.path.isabs(value) and os.path.isdir(value):
+            setattr(holder, attr, os.path.abspath(value))
 
 
 def validate(cfg: RunConfig, check_paths: bool = True) -> None:
@@ -315,12 +440,66 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
                 prepare_sources(cfg.ingest.sources)
             except SourceError as exc:
                 errors.append(f"ingest.sources: {exc}")
+    if "translate" in cfg.stages or "verify" in cfg.stages:
+        _validate_judge(cfg.translate.translator, "translate.translator", need, check_paths)
+        need(cfg.translate.over_long in ("skip", "truncate"), "translate.over_long", "skip or truncate")
+        need(cfg.translate.max_chars >= 1, "translate.max_chars", "must be >= 1")
+        need(cfg.translate.commit_every >= 1, "translate.commit_every", "must be >= 1")
+        for key in ("to_ar_prompt", "to_en_prompt"):
+            need("{text}" in getattr(cfg.translate, key), f"translate.{key}", "must contain {text}")
+    if "verify" in cfg.stages:
+        v = cfg.verify
+        need(v.max_retranslations >= 0, "verify.max_retranslations", "must be >= 0")
+        need(bool(v.retry_temperatures) or v.max_retranslations == 0, "verify.retry_temperatures",
+             "needs at least one temperature when max_retranslations > 0")
+        need(-1.0 <= v.min_labse <= 1.0, "verify.min_labse", "a cosine similarity in [-1, 1]")
+        for key in ("min_bleu4", "min_meteor", "min_rouge_l"):
+            need(0 <= getattr(v, key) <= 100, f"verify.{key}", "a score on the 0-100 scale")
+        need(v.labse_batch_size >= 1, "verify.labse_batch_size", "must be >= 1")
+        if check_paths:
+            need(_model_exists_or_hub_id(v.labse_model), "verify.labse_model",
+                 f"{v.labse_model!r}: no such local directory")
+        need(v.commit_every >= 1, "verify.commit_every", "must be >= 1")
     if "canary" in cfg.stages:
         need(cfg.canary.items_per_task >= 1, "canary.items_per_task", "must be >= 1")
         need(cfg.canary.commit_every >= 1, "canary.commit_every", "must be >= 1")
 
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+def judges(cfg: RunConfig) -> dict[str, tuple[JudgeConfig, list[str]]]:
+    """Judge name -> (its config, the listed stages that call it). One shared server per judge."""
+    users = {"translator": (cfg.translate.translator, [s for s in cfg.stages if s in ("translate", "verify")])}
+    return {name: (judge, stages) for name, (judge, stages) in users.items() if stages}
+
+
+def _model_exists_or_hub_id(name: str) -> bool:
+    """A name that looks like a path ('/...', './...', '.cache/...') must exist."""
+    return not name.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(name))
+
+
+def _validate_judge(judge: JudgeConfig, key: str, need, check_paths: bool) -> None:
+    srv = judge.server
+    need(bool(judge.model), f"{key}.model", "empty: name a hub id or a local model directory")
+    if check_paths:
+        need(_model_exists_or_hub_id(judge.model), f"{key}.model", f"{judge.model!r}: no such local directory")
+    need(srv.mode in ("per_task", "shared", "external"), f"{key}.server.mode", "per_task, shared or external")
+    if srv.mode == "external":
+        need(bool(srv.url), f"{key}.server.url", "external mode needs the endpoint's base URL (…/v1)")
+        if srv.api_key_env:
+            need(srv.api_key_env in os.environ, f"{key}.server.api_key_env",
+                 f"environment variable {srv.api_key_env} is not set on this login node")
+    else:
+        need(bool(srv.command), f"{key}.server.command", "empty: give the server command as a list")
+        need(srv.tensor_parallel_size >= 1, f"{key}.server.tensor_parallel_size", "must be >= 1")
+    if srv.mode == "shared":
+        need(srv.host not in ("127.0.0.1", "localhost"), f"{key}.server.host",
+             "a shared server must listen beyond loopback (e.g. 0.0.0.0) for clients on other nodes")
+    need(judge.max_concurrency >= 1, f"{key}.max_concurrency", "must be >= 1")
+    need(judge.max_retries >= 0, f"{key}.max_retries", "must be >= 0")
+    need(judge.max_tokens >= 1, f"{key}.max_tokens", "must be >= 1")
+    need(judge.request_timeout_s > 0, f"{key}.request_timeout_s", "must be > 0")
 
 
 def to_yaml(cfg: RunConfig) -> str:

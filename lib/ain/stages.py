@@ -13,9 +13,10 @@ import path so the login node does not import heavy stage code (torch, ...) just
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ain.atomic import ResumableJsonl
 from ain.config import Resources, RunConfig
@@ -24,6 +25,8 @@ from ain.rundir import RunDir, StagePaths
 STAGE_FUNCTIONS: dict[str, str] = {
     "canary": "ain.slurm.canary:run_canary_task",
     "ingest": "ain.data.ingest:run_ingest_task",
+    "translate": "ain.curate.translate:run_translate_task",
+    "verify": "ain.curate.verify:run_verify_task",
 }
 
 
@@ -48,6 +51,27 @@ class TaskContext:
 
     def upstream(self, stage: str) -> StagePaths:
         return self.run.stage(stage)
+
+    def upstream_rows(self, stage: str, pattern: str,
+                      keep: Callable[[dict[str, Any]], bool] = lambda row: True) -> Iterator[dict[str, Any]]:
+        """This task's share of an upstream stage's rows: files matching `pattern` in name
+        order, lines in file order, rows passing `keep` dealt round-robin over the tasks.
+        Deterministic, so a resumed task can skip exactly the rows it has consumed."""
+        paths = self.run.stage(stage)
+        expected = getattr(self.cfg, stage).num_tasks
+        if len(paths.done_indices()) < expected:
+            raise RuntimeError(f"stage {self.stage} needs {stage} to be complete: "
+                               f"{len(paths.done_indices())}/{expected} tasks done in {paths.done}")
+        n = 0
+        for path in sorted(paths.out.glob(pattern)):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    row = json.loads(line)
+                    if not keep(row):
+                        continue
+                    if n % self.num_tasks == self.index:
+                        yield row
+                    n += 1
 
     def resumable_outputs(self, **streams: str) -> ResumableJsonl:
         """Output files of this task that survive preemption, e.g.

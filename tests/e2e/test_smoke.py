@@ -1,5 +1,9 @@
 """`python jobs/submit_train.py recipe=smoke` end to end, through the real entry point, on
-submitit's local executor and on the local Slurm cluster; a second run must do no work."""
+submitit's local executor and on the local Slurm cluster; a second run must do no work.
+
+The smoke recipe runs ingest -> translate -> verify with a tiny translator (memorised fixture
+table, three entries deliberately wrong) behind a real `transformers serve` server, so the gate
+must pass the correct translations and reject exactly the corrupted samples."""
 
 from __future__ import annotations
 
@@ -14,6 +18,11 @@ from ain.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = json.loads((ROOT / "tests/fixtures/smoke/expected.json").read_text())
+TABLE = json.loads((ROOT / "tests/fixtures/translator/translations.json").read_text())
+
+
+def rows(paths, pattern):
+    return [json.loads(line) for f in sorted(paths.out.glob(pattern)) for line in open(f, encoding="utf-8")]
 
 
 def submit(*args: str) -> subprocess.CompletedProcess:
@@ -29,8 +38,38 @@ def check_smoke_outputs(run: RunDir) -> None:
     assert all(markers), "both ingest tasks have markers"
     assert sum(m["ingested"] for m in markers) == EXPECTED["good_total"]
     assert sum(m["quarantined"] for m in markers) == EXPECTED["bad_total"]
-    ids = [json.loads(line)["id"] for f in sorted(paths.out.glob("samples-*.jsonl")) for line in open(f)]
+    samples = rows(paths, "samples-*.jsonl")
+    ids = [s["id"] for s in samples]
     assert len(ids) == len(set(ids)) == EXPECTED["good_total"]
+    check_translation(run, [s for s in samples if s["language"] == "en"])
+
+
+def check_translation(run: RunDir, english: list[dict]) -> None:
+    from ain.curate.protect import mask
+
+    corrupted = {s["id"] for s in english if any(mask(t["content"]).text in TABLE["corrupt"] for t in s["turns"])}
+    assert len(corrupted) == 3
+    translate = [run.stage("translate").read_marker(i) for i in range(2)]
+    assert sum(m["translated"] for m in translate) == len(english)
+    verify = [run.stage("verify").read_marker(i) for i in range(2)]
+    total = lambda key: sum(m.get(key, 0) for m in verify)  # noqa: E731
+    assert total("passed") == total("passed_first_try") == len(english) - 3
+    assert total("rejected") == 3 and total("retranslations") == 3 * run.load_config().verify.max_retranslations
+    rejected = rows(run.stage("verify"), "rejected-*.jsonl")
+    assert {r["id"] for r in rejected} == corrupted
+    reasons = " ".join(" ".join(r["reasons"]) for r in rejected)
+    assert "markers" in reasons and "bleu4" in reasons
+    passed = {s["translation_of"]: s for s in rows(run.stage("verify"), "passed-*.jsonl")}
+    assert set(passed) == {s["id"] for s in english} - corrupted
+    for original in english:
+        if original["id"] in passed:
+            arabic = passed[original["id"]]
+            assert arabic["images"] == original["images"] and arabic["language"] == "ar"
+            for en_turn, ar_turn in zip(original["turns"], arabic["turns"]):
+                assert en_turn["content"].count("<image>") == ar_turn["content"].count("<image>")
+                masked = mask(en_turn["content"]).text
+                if masked in TABLE["pairs"]:  # the memorised translation, spans restored
+                    assert mask(ar_turn["content"]).text == TABLE["pairs"][masked]
 
 
 def submits(run: RunDir) -> list[dict]:
@@ -45,7 +84,7 @@ def test_smoke_on_local_executor_then_rerun_does_nothing(tmp_path):
     check_smoke_outputs(run)
     before = submits(run)
     second = submit(f"runs_root={tmp_path}", "cluster.executor=local")
-    assert "ingest: 2/2 done; nothing to do" in second.stdout
+    assert "ingest: 2/2 done; nothing to do" in second.stdout and "verify: 2/2 done; nothing to do" in second.stdout
     assert submits(run) == before
 
 
@@ -53,7 +92,7 @@ def test_smoke_on_local_executor_then_rerun_does_nothing(tmp_path):
 @pytest.mark.slurm
 def test_smoke_on_slurm_then_rerun_does_nothing(slurm_cluster, tmp_path):
     first = submit(f"runs_root={tmp_path}", "cluster=localslurm", "--wait")
-    assert "submitted 2 task(s) as job" in first.stdout
+    assert first.stdout.count("submitted 2 task(s) as job") == 3  # ingest, translate, verify
     run = RunDir(tmp_path / "smoke")
     check_smoke_outputs(run)
     status = subprocess.run([sys.executable, "jobs/status.py", str(run.root)], cwd=ROOT, capture_output=True, text=True)

@@ -39,7 +39,7 @@ def test_validation_errors_name_the_key(chdir_root, argv, key):
 
 def test_missing_input_path_is_reported_with_its_key(chdir_root, tmp_path):
     with pytest.raises(ConfigError) as err:
-        load_config(["recipe=smoke", f"ingest.sources=[{{path: {tmp_path}/nope.jsonl}}]"])
+        load_config(["recipe=smoke", "stages=[ingest]", f"ingest.sources=[{{path: {tmp_path}/nope.jsonl}}]"])
     assert "ingest.sources[0].path" in str(err.value) and "nope.jsonl" in str(err.value)
 
 
@@ -59,11 +59,24 @@ def test_every_field_is_documented():
 
 
 def test_relative_input_paths_become_absolute(chdir_root):
-    cfg = load_config(["recipe=smoke"])
+    cfg = load_config(["recipe=smoke", "stages=[ingest]"])
     assert all(src.path.startswith(str(chdir_root)) for src in cfg.ingest.sources)
 
 
 def test_two_sources_with_one_name_are_refused(chdir_root):
     with pytest.raises(ConfigError, match="both named"):
-        load_config(["recipe=smoke", "ingest.sources=[{path: tests/fixtures/smoke/en_llava.json},"
+        load_config(["recipe=smoke", "stages=[ingest]", "ingest.sources=[{path: tests/fixtures/smoke/en_llava.json},"
                      "{path: tests/fixtures/smoke/en_llava.json}]"])
+
+
+def test_missing_local_model_directory_is_reported(chdir_root, tmp_path):
+    with pytest.raises(ConfigError, match="translate.translator.model"):
+        load_config(["recipe=smoke", f"translate.translator.model={tmp_path}/no-model", "stages=[ingest,translate]"])
+
+
+def test_external_judge_needs_url_and_its_key_variable(chdir_root, monkeypatch):
+    monkeypatch.delenv("AIN_TEST_KEY", raising=False)
+    with pytest.raises(ConfigError) as err:
+        load_config(["recipe=smoke", "stages=[ingest,translate]", "translate.translator.model=org/model",
+                     "translate.translator.server.mode=external", "translate.translator.server.api_key_env=AIN_TEST_KEY"])
+    assert "translate.translator.server.url" in str(err.value) and "AIN_TEST_KEY" in str(err.value)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import submitit
 
-from ain.config import RunConfig
+from ain.config import ConfigError, RunConfig, judges
 from ain.rundir import RunDir
 from ain.slurm import scheduler
 from ain.slurm.sbatch import render_sbatch, slurm_parameters
@@ -66,6 +66,14 @@ def submitted_elements(run: RunDir) -> dict[str, tuple[str, int]]:
             for element, index in zip(ev["elements"], ev["indices"]):
                 out[element] = (ev["stage"], index)
     return out
+
+
+def active_elements(run: RunDir, stages: list[str]) -> list[str]:
+    """Queue elements of these stages (or pseudo-stages such as 'serve:translator') still pending
+    or running."""
+    elements = {e: key for e, key in submitted_elements(run).items() if key[0] in stages}
+    job_ids = {e.split("_", 1)[0] for e in elements}
+    return sorted(e for e, entry in scheduler.queue(job_ids).items() if e in elements and entry.active)
 
 
 class Launcher:
@@ -143,7 +151,31 @@ class Launcher:
             upstream = ([sl.job_id] if sl.job_id else []) + sl.active
             upstream_resubmitted = upstream_resubmitted or bool(missing)
             report.append(sl)
+            if missing or sl.active:
+                self._ensure_shared_servers(st.name, sl.dependency, report)
         return report
+
+    def _ensure_shared_servers(self, stage: str, dependency: list[str], report: list[StageLaunch]) -> None:
+        """`shared` judges of this stage: one server job per judge, submitted with the first
+        client stage that has work, after the same upstream jobs, unless one is already queued
+        or running."""
+        from ain.serve.job import SharedServerTask  # noqa: PLC0415 (only when a judge is shared)
+
+        for name, (judge, stages) in judges(self.cfg).items():
+            pseudo = f"serve:{name}"
+            if stage not in stages or judge.server.mode != "shared" or active_elements(self.run, [pseudo]):
+                continue
+            folder = self.run.root / "serve"
+            executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=self.cfg.cluster.max_requeues)
+            executor.update_parameters(**slurm_parameters(self.cfg.cluster, job_name(self.cfg, pseudo.replace(":", "-")),
+                                                          judge.server.shared_resources, dependency or None))
+            with submitit.helpers.clean_env():
+                job = executor.submit(SharedServerTask(str(self.run.root), name))
+            self.run.append_event({"kind": "submit", "executor": "slurm", "stage": pseudo, "job_id": job.job_id,
+                                   "indices": [0], "elements": [job.job_id], "dependency": dependency,
+                                   "argv": sys.argv})
+            report.append(StageLaunch(pseudo, 1, submitted=[0], elements=[job.job_id], job_id=job.job_id,
+                                      dependency=list(dependency)))
 
     def _executor(self, st: PlannedStage, kind: str) -> submitit.Executor:
         folder = self.run.stage(st.name).logs
@@ -168,6 +200,10 @@ class Launcher:
         return job_id, elements
 
     def _launch_local(self) -> list[StageLaunch]:
+        shared = [name for name, (judge, _) in judges(self.cfg).items() if judge.server.mode == "shared"]
+        if shared:
+            raise ConfigError(f"judge(s) {shared}: server.mode=shared needs Slurm (a server job beside the "
+                              "client arrays); on this machine use per_task or external")
         report: list[StageLaunch] = []
         for st in plan(self.cfg):
             paths = self.run.stage(st.name).create()

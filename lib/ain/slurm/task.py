@@ -60,6 +60,11 @@ class StageTask(submitit.helpers.Checkpointable):
         cfg = run.load_config()
         paths = run.stage(self.stage)
         log = task_logger(self.stage, index)
+        # Commands a stage starts (`vllm serve`, `transformers serve`) come from the environment
+        # this task runs in, as after `conda activate`, even when its bin/ is not on PATH.
+        bin_dir = os.path.dirname(sys.executable)
+        if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
         existing = paths.read_marker(index)
         if existing is not None:
             log.info("task %d already done (marker %s): nothing to do", index, paths.marker(index))

@@ -1,0 +1,1 @@
+"""Curation: translation (EN->AR and back), the translation gate and its metrics."""

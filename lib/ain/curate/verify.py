@@ -1,0 +1,150 @@
+"""The verify stage: the report's translation gate, with re-translation of failures.
+
+For every translated sample (translate stage output) and every translated turn:
+  - LaBSE cosine(English original, Arabic translation) >= verify.min_labse (batched, GPU if any);
+  - BLEU-4, METEOR and ROUGE-L of the back-translation against the English original above
+    their thresholds (BLEU-2 and ROUGE-1 are recorded too), computed on the translated words
+    only (protected spans removed); an exact match after normalisation passes the overlap
+    checks when verify.exact_match_passes (short turns score badly on METEOR/BLEU).
+A sample passes when every turn passes. A failing sample is re-translated with the next
+temperature of verify.retry_temperatures, up to verify.max_retranslations times; the translator
+endpoint is brought up only if some sample of the task needs it. Then it is rejected. Every
+score of every attempt goes to `scores-<i>.jsonl` for the curation report.
+
+Outputs: passed-<i>.jsonl (Arabic samples, ready for the mix), rejected-<i>.jsonl (id, reasons,
+all attempts' scores), scores-<i>.jsonl (one row per attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from ain.curate.metrics import Embedder, gate, normalize_for_overlap, overlap_scores
+from ain.curate.protect import strip_markers
+from ain.curate.translate import open_endpoint, translator_session, windows
+from ain.curate.translator import arabic_sample
+from ain.stages import TaskContext
+
+
+class Scorer:
+    """Scores attempts: LaBSE in one batch per call, overlap metrics per turn."""
+
+    def __init__(self, ctx: TaskContext) -> None:
+        self.cfg = ctx.cfg.verify
+        self.embedder = Embedder(self.cfg.labse_model)
+
+    def score(self, attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per attempt: {"passed", "reasons", "turns": [per-turn scores], "min": {metric: min}}."""
+        pairs = [(strip_markers(t["en"]), strip_markers(t["ar"]))
+                 for a in attempts if not a["error"] for t in a["turns"] if not t["copied"]]
+        cosines = iter(self.embedder.cosine_pairs([p[0] for p in pairs], [p[1] for p in pairs],
+                                                  batch_size=self.cfg.labse_batch_size) if pairs else [])
+        results = []
+        for a in attempts:
+            if a["error"]:
+                results.append({"passed": False, "reasons": [a["error"]], "turns": [], "min": {}})
+                continue
+            turn_scores, reasons = [], []
+            for t in a["turns"]:
+                if t["copied"]:
+                    continue
+                en, back = strip_markers(t["en"]), strip_markers(t["back"])
+                scores = {"labse": float(next(cosines)), **overlap_scores(back, en)}
+                decision = gate(scores, self.cfg, exact_match=normalize_for_overlap(back) == normalize_for_overlap(en))
+                turn_scores.append({"turn": t["turn"], **scores, "passed": decision.passed})
+                reasons += [f"turn {t['turn']}: {r}" for r in decision.reasons]
+            keys = [k for k in turn_scores[0] if k not in ("turn", "passed")] if turn_scores else []
+            results.append({"passed": not reasons, "reasons": reasons, "turns": turn_scores,
+                            "min": {k: min(s[k] for s in turn_scores) for k in keys}})
+        return results
+
+
+def retry_temperature(cfg, attempt_number: int) -> float:
+    temps = cfg.retry_temperatures  # validated non-empty when retries are configured
+    return temps[min(attempt_number - 1, len(temps) - 1)]
+
+
+def run_verify_task(ctx: TaskContext) -> dict[str, Any]:
+    cfg = ctx.cfg.verify
+    out = ctx.resumable_outputs(passed=f"passed-{ctx.index:05d}.jsonl", rejected=f"rejected-{ctx.index:05d}.jsonl",
+                                scores=f"scores-{ctx.index:05d}.jsonl")
+    rows = ctx.upstream_rows("translate", "translations-*.jsonl")
+    for _ in range(out.position):
+        next(rows)
+    scorer = Scorer(ctx)
+    start = time.time()
+    try:
+        with contextlib.ExitStack() as stack:
+            asyncio.run(_verify_all(ctx, scorer, rows, out, stack))
+        files = out.finish()
+    finally:
+        out.close()
+    done = out.position - out.resumed_from
+    seconds = time.time() - start
+    ctx.log.info("verify task %d: %d samples in %.1fs (%.2f samples/s)", ctx.index, done, seconds,
+                 done / max(seconds, 1e-9))
+    return {"items": out.position, "resumed_from": out.resumed_from, "files": files, **out.counters}
+
+
+async def _verify_all(ctx: TaskContext, scorer: Scorer, rows, out, stack: contextlib.ExitStack) -> None:
+    cfg = ctx.cfg.verify
+    session: list[Any] = []  # the translator, opened on first need
+    async with contextlib.AsyncExitStack() as astack:
+
+        async def translator():
+            if not session:
+                ep = stack.enter_context(open_endpoint(ctx))
+                session.append(await astack.enter_async_context(translator_session(ctx, ep)))
+            return session[0]
+
+        position = out.position
+        for window in windows(rows, cfg.commit_every):
+            pending = list(window)          # rows whose latest attempt is not scored yet
+            while pending:
+                scored = scorer.score([row["attempts"][-1] for row in pending])
+                retry = []
+                for row, result in zip(pending, scored):
+                    attempt = row["attempts"][-1]
+                    attempt["scores"] = result
+                    out.write("scores", {"id": row["id"], "attempt": attempt["attempt"],
+                                         "temperature": attempt["temperature"], **result})
+                    if result["passed"]:
+                        out.write("passed", {**arabic_sample(row["sample"], attempt), "verify": result["min"],
+                                             "attempts": len(row["attempts"])})
+                        out.count("passed")
+                        out.count("passed_first_try" if attempt["attempt"] == 0 else "passed_after_retranslation")
+                    elif attempt["attempt"] < cfg.max_retranslations:
+                        retry.append(row)
+                    else:
+                        out.write("rejected", {"id": row["id"], "reasons": result["reasons"],
+                                               "attempts": [{"attempt": a["attempt"], "temperature": a["temperature"],
+                                                             "scores": a["scores"]} for a in row["attempts"]]})
+                        out.count("rejected")
+                        out.count(f"rejected_{_reason_class(result['reasons'])}")
+                if retry:
+                    t = await translator()
+                    out.count("retranslations", len(retry))
+                    new = await asyncio.gather(*(t.attempt([_unscored(turn) for turn in row["attempts"][0]["turns"]],
+                                                           row["attempts"][-1]["attempt"] + 1,
+                                                           retry_temperature(cfg, row["attempts"][-1]["attempt"] + 1))
+                                                 for row in retry))
+                    for row, attempt in zip(retry, new):
+                        row["attempts"].append(attempt)
+                pending = retry
+            position += len(window)
+            out.commit(position)
+
+
+def _unscored(turn: dict[str, Any]) -> dict[str, Any]:
+    """The masked English turn of a previous attempt, without that attempt's answers."""
+    return {k: v for k, v in turn.items() if k not in ("ar", "back")}
+
+
+def _reason_class(reasons: list[str]) -> str:
+    """'turn 1: labse 0.71 < 0.80' -> 'labse'; marker/answer errors by their prefix."""
+    first = reasons[0] if reasons else "unknown"
+    first = first.split(": ", 1)[1] if first.startswith("turn ") else first
+    return first.split(" ", 1)[0].split(":", 1)[0]

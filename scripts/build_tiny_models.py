@@ -42,7 +42,8 @@ def build(out: Path, force: bool = False) -> dict:
     table = json.loads(TABLE.read_text(encoding="utf-8"))
     texts = [TRANSLATE_TO_AR_PROMPT, TRANSLATE_TO_EN_PROMPT, *table["pairs"], *table["pairs"].values()]
     stamp = stamp_of(TABLE.read_bytes(), TRANSLATE_TO_AR_PROMPT.encode(), TRANSLATE_TO_EN_PROMPT.encode(),
-                     Path(__file__).read_bytes())
+                     Path(__file__).read_bytes(), (ROOT / "lib/ain/serve/tiny.py").read_bytes(),
+                     (ROOT / "lib/ain/curate/tiny_translator.py").read_bytes())
     translator = out / "translator"
     stamp_file = translator / "ain_build_stamp.txt"
     if force or not stamp_file.exists() or stamp_file.read_text() != stamp:

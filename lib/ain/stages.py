@@ -13,8 +13,10 @@ import path so the login node does not import heavy stage code (torch, ...) just
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -27,6 +29,10 @@ STAGE_FUNCTIONS: dict[str, str] = {
     "ingest": "ain.data.ingest:run_ingest_task",
     "translate": "ain.curate.translate:run_translate_task",
     "verify": "ain.curate.verify:run_verify_task",
+    "safety": "ain.curate.safety:run_safety_task",
+    "mix": "ain.curate.mix:run_mix_task",
+    "pack": "ain.data.pack:run_pack_task",
+    "report": "ain.curate.report:run_report_task",
 }
 
 
@@ -52,11 +58,15 @@ class TaskContext:
     def upstream(self, stage: str) -> StagePaths:
         return self.run.stage(stage)
 
-    def upstream_rows(self, stage: str, pattern: str,
-                      keep: Callable[[dict[str, Any]], bool] = lambda row: True) -> Iterator[dict[str, Any]]:
+    def upstream_rows(self, stage: str, pattern: str, keep: Callable[[dict[str, Any]], bool] = lambda row: True,
+                      skip: int = 0) -> Iterator[dict[str, Any]]:
         """This task's share of an upstream stage's rows: files matching `pattern` in name
         order, lines in file order, rows passing `keep` dealt round-robin over the tasks.
-        Deterministic, so a resumed task can skip exactly the rows it has consumed."""
+        Deterministic, so a resumed task skips exactly the `skip` rows it has consumed."""
+        return itertools.islice(self._upstream_rows(stage, pattern, keep), skip, None)
+
+    def _upstream_rows(self, stage: str, pattern: str,
+                       keep: Callable[[dict[str, Any]], bool]) -> Iterator[dict[str, Any]]:
         paths = self.run.stage(stage)
         expected = getattr(self.cfg, stage).num_tasks
         if len(paths.done_indices()) < expected:
@@ -72,6 +82,20 @@ class TaskContext:
                     if n % self.num_tasks == self.index:
                         yield row
                     n += 1
+
+    def run_resumable(self, out: ResumableJsonl, work: Callable[[], None]) -> dict[str, Any]:
+        """Run `work` (which writes to and commits `out`), publish the outputs, log the
+        throughput, and return the marker fields: items, resumed_from, files, counters."""
+        start = time.time()
+        try:
+            work()
+            files = out.finish()
+        finally:
+            out.close()
+        done, seconds = out.position - out.resumed_from, time.time() - start
+        self.log.info("%s task %d: %d items in %.1fs (%.2f items/s)", self.stage, self.index, done, seconds,
+                      done / max(seconds, 1e-9))
+        return {"items": out.position, "resumed_from": out.resumed_from, "files": files, **out.counters}
 
     def resumable_outputs(self, **streams: str) -> ResumableJsonl:
         """Output files of this task that survive preemption, e.g.

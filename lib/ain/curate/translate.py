@@ -60,21 +60,13 @@ def run_translate_task(ctx: TaskContext) -> dict[str, Any]:
     cfg = ctx.cfg.translate
     out = ctx.resumable_outputs(translations=f"translations-{ctx.index:05d}.jsonl",
                                 skipped=f"skipped-{ctx.index:05d}.jsonl")
-    rows = ctx.upstream_rows("ingest", "samples-*.jsonl", keep=is_english)
-    for _ in range(out.position):  # consumed before a restart
-        next(rows)
-    start = time.time()
-    try:
+    rows = ctx.upstream_rows("ingest", "samples-*.jsonl", keep=is_english, skip=out.position)
+
+    def work() -> None:
         with open_endpoint(ctx) as ep:
             asyncio.run(_translate_all(ctx, ep, rows, out, cfg.translator.temperature))
-        files = out.finish()
-    finally:
-        out.close()
-    done = out.position - out.resumed_from
-    seconds = time.time() - start
-    ctx.log.info("translate task %d: %d samples in %.1fs (%.2f samples/s)", ctx.index, done, seconds,
-                 done / max(seconds, 1e-9))
-    return {"items": out.position, "resumed_from": out.resumed_from, "files": files, **out.counters}
+
+    return ctx.run_resumable(out, work)
 
 
 async def _translate_all(ctx: TaskContext, ep, rows, out, temperature: float) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Any
 
 from ain.curate.metrics import Embedder, gate, normalize_for_overlap, overlap_scores
@@ -71,22 +70,14 @@ def run_verify_task(ctx: TaskContext) -> dict[str, Any]:
     cfg = ctx.cfg.verify
     out = ctx.resumable_outputs(passed=f"passed-{ctx.index:05d}.jsonl", rejected=f"rejected-{ctx.index:05d}.jsonl",
                                 scores=f"scores-{ctx.index:05d}.jsonl")
-    rows = ctx.upstream_rows("translate", "translations-*.jsonl")
-    for _ in range(out.position):
-        next(rows)
+    rows = ctx.upstream_rows("translate", "translations-*.jsonl", skip=out.position)
     scorer = Scorer(ctx)
-    start = time.time()
-    try:
-        with contextlib.ExitStack() as stack:
+
+    def work() -> None:
+        with contextlib.ExitStack() as stack:  # holds the translator endpoint, if retries open it
             asyncio.run(_verify_all(ctx, scorer, rows, out, stack))
-        files = out.finish()
-    finally:
-        out.close()
-    done = out.position - out.resumed_from
-    seconds = time.time() - start
-    ctx.log.info("verify task %d: %d samples in %.1fs (%.2f samples/s)", ctx.index, done, seconds,
-                 done / max(seconds, 1e-9))
-    return {"items": out.position, "resumed_from": out.resumed_from, "files": files, **out.counters}
+
+    return ctx.run_resumable(out, work)
 
 
 async def _verify_all(ctx: TaskContext, scorer: Scorer, rows, out, stack: contextlib.ExitStack) -> None:

@@ -42,6 +42,20 @@ def check_smoke_outputs(run: RunDir) -> None:
     ids = [s["id"] for s in samples]
     assert len(ids) == len(set(ids)) == EXPECTED["good_total"]
     check_translation(run, [s for s in samples if s["language"] == "en"])
+    check_mix_pack_report(run)
+
+
+def check_mix_pack_report(run: RunDir) -> None:
+    from ain.data.shards import iter_samples, read_manifest
+
+    mixed = rows(run.stage("mix"), "mixed-*.jsonl")
+    packed = list(iter_samples(run.stage("pack").out))              # checksums verified
+    assert [s["id"] for s, _ in packed] == [s["id"] for s in mixed]  # every sample once, mix order
+    assert sum(e["samples"] for e in read_manifest(run.stage("pack").out)) == len(mixed)
+    assert len(read_manifest(run.stage("pack").out)) >= 3
+    report = (run.root / "report" / "curation.md").read_text()
+    assert f"| pack | {len(mixed)} | {len(mixed)} |" in report
+    assert all((run.root / "report" / name).exists() for name in ("funnel.png", "verify_scores.png", "mix.png"))
 
 
 def check_translation(run: RunDir, english: list[dict]) -> None:
@@ -84,7 +98,7 @@ def test_smoke_on_local_executor_then_rerun_does_nothing(tmp_path):
     check_smoke_outputs(run)
     before = submits(run)
     second = submit(f"runs_root={tmp_path}", "cluster.executor=local")
-    assert "ingest: 2/2 done; nothing to do" in second.stdout and "verify: 2/2 done; nothing to do" in second.stdout
+    assert "ingest: 2/2 done; nothing to do" in second.stdout and "report: 1/1 done; nothing to do" in second.stdout
     assert submits(run) == before
 
 
@@ -92,7 +106,8 @@ def test_smoke_on_local_executor_then_rerun_does_nothing(tmp_path):
 @pytest.mark.slurm
 def test_smoke_on_slurm_then_rerun_does_nothing(slurm_cluster, tmp_path):
     first = submit(f"runs_root={tmp_path}", "cluster=localslurm", "--wait")
-    assert first.stdout.count("submitted 2 task(s) as job") == 3  # ingest, translate, verify
+    for stage, n in (("ingest", 2), ("translate", 2), ("verify", 2), ("mix", 1), ("pack", 2), ("report", 1)):
+        assert f"{stage}: 0/{n} done; submitted {n} task(s) as job" in first.stdout, first.stdout
     run = RunDir(tmp_path / "smoke")
     check_smoke_outputs(run)
     status = subprocess.run([sys.executable, "jobs/status.py", str(run.root)], cwd=ROOT, capture_output=True, text=True)

@@ -161,18 +161,19 @@ Findings:
 
 - With exactly C requests in flight every millisecond the client spends between receiving an
   answer and sending the next request is lost server time, and the C answers of a batch arrive
-  together, so they queue behind each other in the client. A bare asyncio client (no httpx)
-  reaches 0.97 of capacity against this server: that is the ceiling of the set-up.
+  together, so they queue behind each other in the client. A bare asyncio client (no httpx, 0.1 ms
+  CPU per request) reaches 0.97 of capacity at k = C against this server: the ceiling at k = C.
 - httpx's default transport (httpcore + anyio + h11) costs about 1 ms of client CPU and adds
   2-6 ms of latency per request here; with it the client reached only 0.86-0.93 at k = C over
-  several runs (rows "httpx default", from `--compare-httpx`). A single pooled `httpx.AsyncClient` with
-  `Limits(max_connections >= k)` and keep-alive was already in place: pool size was not the cause;
-  the pool's per-request bookkeeping and the layered stream code were.
+  several runs (rows "httpx default", from `--compare-httpx`). A single pooled
+  `httpx.AsyncClient` with `Limits(max_connections >= k)` and keep-alive was already in place:
+  pool size was not the cause; the pool's per-request bookkeeping and the layered stream code were.
 - Fix: `ain.serve.transport.Http11Transport`, a lean HTTP/1.1 keep-alive transport on asyncio
   streams, one per in-flight slot, still driven through `httpx.AsyncClient`. It is used for plain
   http endpoints (our own vLLM / `transformers serve`); https and proxied (external) endpoints keep
-  httpx's transport. Client CPU fell to about 0.4 ms per request and the ratio at k = C to about
-  0.95 (run-to-run spread about +-0.01 on this shared 2-core machine); k = 2C reaches 0.97.
+  httpx's transport. Client CPU fell to about 0.4 ms per request and the ratio at k = C to
+  0.93-0.96 over 14 runs during development (mean 0.95; this 2-core machine is shared); k = 2C
+  reaches 0.97-0.98.
 - On a real judge L is seconds, not 50 ms, so the per-request overhead matters about 100 times
   less; setting `max_concurrency` somewhat above the server's batch size (vLLM queues the excess)
   hides it entirely.

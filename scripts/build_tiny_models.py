@@ -7,7 +7,9 @@
   tests/fixtures/translator/translations.json in both directions, including its deliberate
   errors, so the smoke run sees real translations pass the gate and the corrupted ones fail;
 - embedder/: a tiny random sentence-transformers model standing in for LaBSE (uninformative
-  cosines: the smoke recipe lowers verify.min_labse accordingly).
+  cosines: the smoke recipe lowers verify.min_labse accordingly);
+- judge/: a tiny Qwen2-VL safety judge (vision and text roles) that memorised
+  tests/fixtures/safety/verdicts.json for every smoke image and text turn (about 45-60 s).
 
 Idempotent: a model whose build stamp matches its inputs is kept.
 """
@@ -56,6 +58,11 @@ def build(out: Path, force: bool = False) -> dict:
     if force or not (embedder / "modules.json").exists():
         build_tiny_embedder(embedder, texts, seed=0)
         report["embedder"] = str(embedder)
+    from ain.curate.tiny_judge import ensure_tiny_judge
+
+    judge = ensure_tiny_judge(out / "judge", force=force)  # None: the stamped one was kept
+    if judge is not None:
+        report["judge"] = judge
     return report
 
 

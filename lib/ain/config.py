@@ -444,7 +444,8 @@ def _absolute_input_paths(cfg: RunConfig) -> None:
         if src.image_root and not os.path.isabs(src.image_root):
             src.image_root = os.path.abspath(src.image_root)
     # Model names are hub ids unless they exist here as directories.
-    for holder, attr in ((cfg.translate.translator, "model"), (cfg.verify, "labse_model")):
+    for holder, attr in ((cfg.translate.translator, "model"), (cfg.verify, "labse_model"),
+                         (cfg.safety.vision_judge, "model"), (cfg.safety.text_judge, "model")):
         value = getattr(holder, attr)
         if value and not os.path.isabs(value) and os.path.isdir(value):
             setattr(holder, attr, os.path.abspath(value))
@@ -571,9 +572,14 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
 
 def judges(cfg: RunConfig) -> dict[str, tuple[JudgeConfig, list[str]]]:
     """Judge name -> (its config, the listed stages that call it). One shared server per judge."""
+    safety = [s for s in cfg.stages if s == "safety"]
     users = {"translator": (cfg.translate.translator, [s for s in cfg.stages if s in ("translate", "verify")]),
-             "vision_judge": (cfg.safety.vision_judge, [s for s in cfg.stages if s == "safety"]),
-             "text_judge": (cfg.safety.text_judge, [s for s in cfg.stages if s == "safety"])}
+             "vision_judge": (cfg.safety.vision_judge, safety)}
+    # One endpoint serves both safety roles when they name the same model and server.
+    same = (cfg.safety.vision_judge.model, cfg.safety.vision_judge.server) == \
+        (cfg.safety.text_judge.model, cfg.safety.text_judge.server)
+    if not same:
+        users["text_judge"] = (cfg.safety.text_judge, safety)
     return {name: (judge, stages) for name, (judge, stages) in users.items() if stages}
 
 

@@ -49,13 +49,22 @@ def check_mix_pack_report(run: RunDir) -> None:
     from ain.data.shards import iter_samples, read_manifest
 
     mixed = rows(run.stage("mix"), "mixed-*.jsonl")
+    # tests/fixtures/safety/verdicts.json makes the tiny judge flag two images and two texts:
+    unsafe = {"en_llava-9", "ar_native-1", "ar_native-12", "en_llava-35", "en_llava-11", "mixed_sharegpt-3"}
+    mixed_ids = {s["id"] for s in mixed}
+    assert not mixed_ids & (unsafe | {f"{i}-ar" for i in unsafe})
+    safety = [run.stage("safety").read_marker(i) for i in range(2)]
+    assert sum(m["images_unsafe"] for m in safety) == 2 and sum(m["texts_unjudged"] for m in safety) == 0
+    judged = [json.loads(line)["image"] for f in sorted(run.stage("safety").out.glob("images-*.jsonl")) for line in open(f)]
+    assert len(judged) == len(set(judged)) == EXPECTED["unique_images"]   # each unique image judged once
     packed = list(iter_samples(run.stage("pack").out))              # checksums verified
     assert [s["id"] for s, _ in packed] == [s["id"] for s in mixed]  # every sample once, mix order
     assert sum(e["samples"] for e in read_manifest(run.stage("pack").out)) == len(mixed)
     assert len(read_manifest(run.stage("pack").out)) >= 3
     report = (run.root / "report" / "curation.md").read_text()
     assert f"| pack | {len(mixed)} | {len(mixed)} |" in report
-    assert all((run.root / "report" / name).exists() for name in ("funnel.png", "verify_scores.png", "mix.png"))
+    assert all((run.root / "report" / name).exists()
+               for name in ("funnel.png", "verify_scores.png", "safety_categories.png", "mix.png"))
 
 
 def check_translation(run: RunDir, english: list[dict]) -> None:
@@ -106,7 +115,8 @@ def test_smoke_on_local_executor_then_rerun_does_nothing(tmp_path):
 @pytest.mark.slurm
 def test_smoke_on_slurm_then_rerun_does_nothing(slurm_cluster, tmp_path):
     first = submit(f"runs_root={tmp_path}", "cluster=localslurm", "--wait")
-    for stage, n in (("ingest", 2), ("translate", 2), ("verify", 2), ("mix", 1), ("pack", 2), ("report", 1)):
+    for stage, n in (("ingest", 2), ("translate", 2), ("verify", 2), ("safety", 2), ("mix", 1), ("pack", 2),
+                     ("report", 1)):
         assert f"{stage}: 0/{n} done; submitted {n} task(s) as job" in first.stdout, first.stdout
     run = RunDir(tmp_path / "smoke")
     check_smoke_outputs(run)

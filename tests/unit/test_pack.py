@@ -230,6 +230,8 @@ def test_crash_then_resume_equals_uninterrupted_run(ingested, tmp_path, monkeypa
     assert not (out / "manifest-00000.jsonl").exists()
     for e in listed:  # what is listed is complete
         verify_shard(out / e["shard"], e)
+    for path in out.glob("*.tar"):  # and no file under a final name is truncated
+        assert path.stat().st_size % tarfile.RECORDSIZE == 0 and len(list(shards.iter_shard(path))) == 4
     if where == "mid_shard":
         assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000-00000.tar"]  # no truncated .tar
         # A kill (unlike this in-process exception) leaves the unfinished shard behind.

@@ -104,6 +104,8 @@ def run_mix_task(ctx: TaskContext) -> dict[str, Any]:
             keep, reason, category = sample_safety(s, image_verdicts, text_verdicts, cfg.safety.unjudged_policy)
             if keep:
                 kept.append(s)
+                if reason:  # kept under unjudged_policy=keep: still counted
+                    counts[f"kept_{reason}"] += 1
             else:
                 counts[f"dropped_{reason}"] += 1
                 if category:

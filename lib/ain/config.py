@@ -570,15 +570,17 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
 
 
+def safety_judges_share_endpoint(safety: SafetyConfig) -> bool:
+    """One endpoint serves both safety roles when they name the same model and server."""
+    return (safety.vision_judge.model, safety.vision_judge.server) == (safety.text_judge.model, safety.text_judge.server)
+
+
 def judges(cfg: RunConfig) -> dict[str, tuple[JudgeConfig, list[str]]]:
     """Judge name -> (its config, the listed stages that call it). One shared server per judge."""
     safety = [s for s in cfg.stages if s == "safety"]
     users = {"translator": (cfg.translate.translator, [s for s in cfg.stages if s in ("translate", "verify")]),
              "vision_judge": (cfg.safety.vision_judge, safety)}
-    # One endpoint serves both safety roles when they name the same model and server.
-    same = (cfg.safety.vision_judge.model, cfg.safety.vision_judge.server) == \
-        (cfg.safety.text_judge.model, cfg.safety.text_judge.server)
-    if not same:
+    if not safety_judges_share_endpoint(cfg.safety):
         users["text_judge"] = (cfg.safety.text_judge, safety)
     return {name: (judge, stages) for name, (judge, stages) in users.items() if stages}
 

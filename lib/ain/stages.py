@@ -104,6 +104,12 @@ class TaskContext:
         return ResumableJsonl(files, self.paths.state_file(self.index))
 
 
+def windows(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of `size` items (the last may be shorter): a task's commit windows."""
+    while window := list(itertools.islice(items, size)):
+        yield window
+
+
 @dataclass(frozen=True)
 class PlannedStage:
     name: str

@@ -135,7 +135,7 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
         labels = sorted(cats) or ["none"]
         ax.barh([f"{c} {LLAVAGUARD_CATEGORIES.get(c, '')}"[:40] for c in labels], [cats.get(c, 0) for c in labels],
                 color="#fb8c00")
-        ax.set_title("Unsafe verdicts by LlavaGuard category (images and turns)")
+        ax.set_title("Unsafe verdicts by LlavaGuard category", fontsize=10)
         fig.tight_layout()
         fig.savefig(out / "safety_categories.png", dpi=110)
         plt.close(fig)

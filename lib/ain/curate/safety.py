@@ -60,9 +60,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ain.config import LLAVAGUARD_CATEGORIES, SafetyConfig
+from ain.config import LLAVAGUARD_CATEGORIES, SafetyConfig, safety_judges_share_endpoint
 from ain.serve.client import ChatClient, InvalidAnswer, RequestRejected, ResponseCache
-from ain.stages import TaskContext
+from ain.stages import TaskContext, windows
 
 SAFE, UNSAFE = "Safe", "Unsafe"
 NA_CODE = "NA"
@@ -308,21 +308,10 @@ def iter_units(samples: Iterator[dict[str, Any]], index: int, num_tasks: int) ->
                        "language": sample.get("language"), "text": text}
 
 
-def windows(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    window: list[Any] = []
-    for item in items:
-        window.append(item)
-        if len(window) == size:
-            yield window
-            window = []
-    if window:
-        yield window
-
-
 # the stage ---------------------------------------------------------------------------------------
 def same_endpoint(cfg: SafetyConfig) -> bool:
-    """One server for both judges: same model and same server config."""
-    return cfg.vision_judge.model == cfg.text_judge.model and cfg.vision_judge.server == cfg.text_judge.server
+    """One server for both judges: same model and same server config (as the launcher decides)."""
+    return safety_judges_share_endpoint(cfg)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from ain.curate.translator import SkipSample, Translator
 from ain.serve.client import ChatClient, ResponseCache
 from ain.serve.server import endpoint
-from ain.stages import TaskContext
+from ain.stages import TaskContext, windows
 
 
 def is_english(sample: dict[str, Any]) -> bool:
@@ -43,17 +43,6 @@ async def translator_session(ctx: TaskContext, endpoint_info) -> Any:
 def open_endpoint(ctx: TaskContext):
     """Context manager: the translator endpoint for this task (started, shared or external)."""
     return endpoint(ctx.cfg.translate.translator, ctx.run.root, "translator", ctx.paths.logs)
-
-
-def windows(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    window: list[dict[str, Any]] = []
-    for row in rows:
-        window.append(row)
-        if len(window) == size:
-            yield window
-            window = []
-    if window:
-        yield window
 
 
 def run_translate_task(ctx: TaskContext) -> dict[str, Any]:

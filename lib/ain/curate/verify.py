@@ -23,9 +23,9 @@ from typing import Any
 
 from ain.curate.metrics import Embedder, gate, normalize_for_overlap, overlap_scores
 from ain.curate.protect import strip_markers
-from ain.curate.translate import open_endpoint, translator_session, windows
+from ain.curate.translate import open_endpoint, translator_session
 from ain.curate.translator import arabic_sample
-from ain.stages import TaskContext
+from ain.stages import TaskContext, windows
 
 
 class Scorer:

@@ -344,6 +344,58 @@ class ReportConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Full fine-tune of Qwen2-VL with DeepSpeed (REFERENCE.md §3: LLaMA-Factory's Qwen2-VL full SFT)."""
+
+    model: str = "Qwen/Qwen2-VL-7B-Instruct"
+    """Hub id or local directory of the base model (Qwen2VLForConditionalGeneration + processor)."""
+    attn_implementation: str = "sdpa"
+    """sdpa, eager or flash_attention_2 (needs the gpu extra; the cluster recipe sets it)."""
+    freeze_vision: bool = False
+    """Keep the vision tower frozen (the report fine-tunes everything)."""
+    bf16: bool = True
+    """bf16 weights and compute (fp32 master weights in the optimizer)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass."""
+    min_pixels: int = 56 * 56
+    """Smallest image area after the processor's resize (visual tokens cover 28x28 pixels)."""
+    max_pixels: int = 262144
+    """Largest image area (report: 262,144 = 512x512, at most 334 visual tokens)."""
+    max_length: int = 2048
+    """Tokens per training row (cutoff); longer samples are dropped and counted."""
+    packing: bool = True
+    """Pack several samples into one row (attention kept within each sample)."""
+    packing_buffer: int = 64
+    """Samples looked ahead when choosing the best-fitting one for the current row."""
+    micro_batch_size: int = 1
+    """Rows per GPU per step."""
+    grad_accum: int = 2
+    """Micro-steps per optimizer step."""
+    global_batch_size: int = 0
+    """Rows per optimizer step over all GPUs; 0: derived (micro x accum x world); else checked."""
+    lr: float = 1.0e-5
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.1
+    """Share of steps with linear warmup before the cosine decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping."""
+    epochs: int = 1
+    """Passes over the packed data (the report: 1)."""
+    zero_stage: int = 3
+    """DeepSpeed ZeRO stage (2 or 3)."""
+    num_workers: int = 2
+    """Data-loader workers per rank."""
+    save_every_steps: int = 500
+    """Optimizer steps between checkpoints (also saved on USR2 at the next step boundary)."""
+    num_tasks: int = 1
+    """Always 1: one multi-node job."""
+    resources: Resources = field(default_factory=lambda: Resources(
+        nodes=8, tasks_per_node=8, cpus_per_task=10, gpus_per_node=8, mem_gb=0, time_min=2880))
+
+
+@dataclass
 class RunConfig:
     """Top level: one run of one recipe on one cluster."""
 
@@ -367,6 +419,7 @@ class RunConfig:
     mix: MixConfig = field(default_factory=MixConfig)
     pack: PackConfig = field(default_factory=PackConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -68,6 +68,9 @@ def test_array_throttle_is_respected_and_relaunch_submits_nothing(slurm_run):
     assert [e for e in run.events() if e["kind"] == "submit"] == submits_before
     status = collect(run)
     assert status[0].state == "done" and status[0].done == 6
+    # Pickles are code and logs may quote data: nothing in the run directory is group/world-readable.
+    pickles = list(run.stage("canary").logs.glob("*.pkl"))
+    assert pickles and all(p.stat().st_mode & 0o077 == 0 for p in run.root.rglob("*"))
 
 
 def test_dependency_chain_waits_for_every_upstream_task(slurm_run):

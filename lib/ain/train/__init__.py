@@ -1,0 +1,1 @@
+"""Training: encoding, packing and collation of samples for the Qwen2-VL full fine-tune."""

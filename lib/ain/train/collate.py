@@ -106,7 +106,12 @@ def set_image_size(processor, min_pixels: int, max_pixels: int) -> None:
     """Make the processor resize every image to an area within [min_pixels, max_pixels]
     (transformers 5.x reads `image_processor.size` {shortest_edge, longest_edge})."""
     ip = processor.image_processor
-    ip.size = {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}
+    size = {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}
+    try:
+        from transformers.image_utils import SizeDict
+        ip.size = SizeDict(**size)
+    except ImportError:  # older transformers keep a plain dict
+        ip.size = size
     for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
         if hasattr(ip, name):
             setattr(ip, name, int(value))

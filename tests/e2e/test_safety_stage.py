@@ -22,6 +22,7 @@ from ain.curate.safety import (JUDGED, UNJUDGED, UNSAFE, image_task, judge_text,
                                sample_safety)
 from ain.rundir import RunDir
 from ain.slurm.task import StageTask
+from tests.stage_helpers import ingested_run
 
 ROOT = Path(__file__).resolve().parents[2]
 TRANSLATOR = ROOT / ".cache/tiny/translator"
@@ -62,13 +63,7 @@ def prepared_run(tmp_path: Path, vision_model, text_model, num_tasks: int, *, te
     judge_cfg(cfg.safety.text_judge, text_model, text_max_tokens)
     cfg.safety.text_judge.max_retries = text_retries
     validate(cfg)
-    run = RunDir(cfg.run_dir)
-    run.freeze(cfg, argv=["test"])
-    for name in cfg.stages:
-        run.stage(name).create()
-    for i in range(cfg.ingest.num_tasks):
-        StageTask(str(run.root), "ingest")(i)
-    return run
+    return ingested_run(cfg)
 
 
 def rows(run: RunDir, pattern: str) -> dict[int, list[dict]]:
@@ -230,13 +225,7 @@ def fake_run(tmp_path: Path, url: str, retries: int = 1) -> RunDir:
         judge.max_retries, judge.max_concurrency = retries, 4
         judge.backoff_base_s = judge.backoff_max_s = 0.01
     validate(cfg)
-    run = RunDir(cfg.run_dir)
-    run.freeze(cfg, argv=["test"])
-    for name in cfg.stages:
-        run.stage(name).create()
-    for i in range(cfg.ingest.num_tasks):
-        StageTask(str(run.root), "ingest")(i)
-    return run
+    return ingested_run(cfg)
 
 
 def test_endpoint_failure_mid_task_resumes_without_loss_or_duplicates(tmp_path, chdir_root):

@@ -25,23 +25,17 @@ from ain.curate.translator import SkipSample, Translator
 from ain.rundir import RunDir
 from ain.serve.server import check_health, free_port
 from ain.slurm.task import StageTask
+from tests.stage_helpers import ingested_run
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / ".cache/tiny/translator"
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MODEL.exists(), reason="run `make models` first")]
 
 
-def prepared_run(tmp_path, *overrides, force=False) -> RunDir:
+def prepared_run(tmp_path, *overrides) -> RunDir:
     """A run whose ingest stage is done, ready for translate."""
-    cfg = load_config(["recipe=smoke", f"runs_root={tmp_path}", "stages=[ingest,translate]",
-                       "translate.num_tasks=1", *overrides])
-    run = RunDir(cfg.run_dir)
-    run.freeze(cfg, force=force, argv=["test"])
-    for name in cfg.stages:
-        run.stage(name).create()
-    for i in range(cfg.ingest.num_tasks):
-        StageTask(str(run.root), "ingest")(i)
-    return run
+    return ingested_run(load_config(["recipe=smoke", f"runs_root={tmp_path}", "stages=[ingest,translate]",
+                                     "translate.num_tasks=1", *overrides]))
 
 
 def translations(run: RunDir) -> list[dict]:

@@ -427,7 +427,7 @@ class RunConfig:
 
 
 # Stages whose code exists; the others are listed in PIPELINE_ORDER for the plan and --help.
-IMPLEMENTED_STAGES = ("canary", "ingest", "translate", "verify", "safety", "mix", "pack", "report")
+IMPLEMENTED_STAGES = ("canary", "ingest", "translate", "verify", "safety", "mix", "pack", "report", "train")
 
 
 class ConfigError(ValueError):
@@ -498,7 +498,8 @@ def _absolute_input_paths(cfg: RunConfig) -> None:
             src.image_root = os.path.abspath(src.image_root)
     # Model names are hub ids unless they exist here as directories.
     for holder, attr in ((cfg.translate.translator, "model"), (cfg.verify, "labse_model"),
-                         (cfg.safety.vision_judge, "model"), (cfg.safety.text_judge, "model")):
+                         (cfg.safety.vision_judge, "model"), (cfg.safety.text_judge, "model"),
+                         (cfg.train, "model")):
         value = getattr(holder, attr)
         if value and not os.path.isabs(value) and os.path.isdir(value):
             setattr(holder, attr, os.path.abspath(value))
@@ -615,6 +616,20 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
         need(cfg.pack.max_samples_per_shard >= 1, "pack.max_samples_per_shard", "must be >= 1")
     if "report" in cfg.stages:
         need(cfg.report.num_tasks == 1, "report.num_tasks", "must be 1")
+    if "train" in cfg.stages:
+        t = cfg.train
+        need(t.num_tasks == 1, "train.num_tasks", "must be 1 (one multi-node job)")
+        need(t.micro_batch_size == 1, "train.micro_batch_size", "must be 1: a packed row is a batch of 1 (raise grad_accum)")
+        need(t.zero_stage in (2, 3), "train.zero_stage", "2 or 3")
+        need(t.attn_implementation in ("sdpa", "eager", "flash_attention_2"), "train.attn_implementation",
+             "sdpa, eager or flash_attention_2")
+        need(0 < t.min_pixels <= t.max_pixels, "train.min_pixels", "must be > 0 and <= train.max_pixels")
+        if check_paths:
+            need(_model_exists_or_hub_id(t.model), "train.model", f"{t.model!r}: no such local directory")
+        world = t.resources.nodes * t.resources.tasks_per_node
+        expected = t.micro_batch_size * t.grad_accum * world
+        need(t.global_batch_size in (0, expected), "train.global_batch_size",
+             f"{t.global_batch_size} != micro {t.micro_batch_size} x accum {t.grad_accum} x world {world} = {expected}")
     if "canary" in cfg.stages:
         need(cfg.canary.items_per_task >= 1, "canary.items_per_task", "must be >= 1")
         need(cfg.canary.commit_every >= 1, "canary.commit_every", "must be >= 1")

@@ -33,6 +33,7 @@ STAGE_FUNCTIONS: dict[str, str] = {
     "mix": "ain.curate.mix:run_mix_task",
     "pack": "ain.data.pack:run_pack_task",
     "report": "ain.curate.report:run_report_task",
+    "train": "ain.train.stage:run_train_task",
 }
 
 

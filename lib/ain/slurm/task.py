@@ -86,6 +86,8 @@ class StageTask(submitit.helpers.Checkpointable):
                 "traceback": traceback.format_exc()})
             log.error("task %d failed: %s (failure record %s)", index, exc, paths.failure(index))
             raise
+        if os.environ.get("RANK", "0") != "0":  # multi-process stage: rank 0 alone marks completion
+            return stats
         end = time.time()
         marker = {"stage": self.stage, "index": index, "num_tasks": num_tasks, "job_id": _job_id(),
                   "host": socket.gethostname(), "start": start, "end": end, "seconds": end - start,

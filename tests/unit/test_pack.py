@@ -32,6 +32,19 @@ class Crash(KeyboardInterrupt):
     """Stands in for the process dying (not an Exception, so nothing cleans up after it)."""
 
 
+def crash_after_samples(monkeypatch, n: int) -> None:
+    """The packing process dies when it loads the images of sample n + 1."""
+    real, calls = pack.load_images, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise Crash()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pack, "load_images", dying)
+
+
 def make_cfg(num_tasks=2, target_mb=0.006, max_samples=4) -> RunConfig:
     sources = [IngestSource(path=str(FIXTURES / s["path"])) for s in EXPECTED["sources"]]
     return RunConfig(stages=["ingest", "mix", "pack"],
@@ -201,15 +214,7 @@ def test_crash_then_resume_equals_uninterrupted_run(ingested, tmp_path, monkeypa
     root = make_run(ingested, tmp_path / "crashed")
     out = pack_out(root)
     if where == "mid_shard":  # dies while writing the 2nd shard, after its 2nd sample
-        real, calls = pack.load_images, {"n": 0}
-
-        def dying(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] > 6:
-                raise Crash()
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(pack, "load_images", dying)
+        crash_after_samples(monkeypatch, 6)
     else:  # dies after the 2nd shard is renamed but before it is listed
         real_close = shards.ShardWriter.close
 
@@ -250,15 +255,7 @@ def test_crash_then_resume_equals_uninterrupted_run(ingested, tmp_path, monkeypa
 def test_resume_refuses_a_changed_mix(ingested, tmp_path, monkeypatch):
     cfg = make_cfg(num_tasks=1, target_mb=1.0, max_samples=4)
     root = make_run(ingested, tmp_path)
-    real, calls = pack.load_images, {"n": 0}
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 6:
-            raise Crash()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pack, "load_images", dying)
+    crash_after_samples(monkeypatch, 6)
     with pytest.raises(Crash):
         run_task(root, cfg, 0)
     monkeypatch.undo()

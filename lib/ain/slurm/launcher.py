@@ -72,8 +72,7 @@ def active_elements(run: RunDir, stages: list[str]) -> list[str]:
     """Queue elements of these stages (or pseudo-stages such as 'serve:translator') still pending
     or running."""
     elements = {e: key for e, key in submitted_elements(run).items() if key[0] in stages}
-    job_ids = {e.split("_", 1)[0] for e in elements}
-    return sorted(e for e, entry in scheduler.queue(job_ids).items() if e in elements and entry.active)
+    return sorted(e for e, entry in scheduler.queue(elements).items() if e in elements and entry.active)
 
 
 class Launcher:
@@ -118,8 +117,7 @@ class Launcher:
 
     def _launch_slurm(self) -> list[StageLaunch]:
         elements = submitted_elements(self.run)
-        job_ids = {e.split("_", 1)[0] for e in elements}
-        queue = scheduler.queue(job_ids)
+        queue = scheduler.queue(elements)
         report: list[StageLaunch] = []
         upstream: list[str] = []          # dependency targets for the next stage
         upstream_resubmitted = False
@@ -250,9 +248,8 @@ def wait_for(run: RunDir, report: list[StageLaunch], timeout_s: float = 3600, po
     """Block until no element of this run is pending or running (for --wait, tests, e2e)."""
     deadline = time.time() + timeout_s
     elements = submitted_elements(run)
-    job_ids = {e.split("_", 1)[0] for e in elements}
     while time.time() < deadline:
-        if not any(e.active for e in scheduler.queue(job_ids).values()):
+        if not any(e.active for e in scheduler.queue(elements).values()):
             return
         time.sleep(poll_s)
     raise TimeoutError(f"{run.root}: jobs still active after {timeout_s:.0f}s")

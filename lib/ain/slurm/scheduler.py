@@ -11,6 +11,7 @@ import getpass
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Iterable
 
 # squeue states in which a task will still run or is running: never submit it again.
 ACTIVE_STATES = frozenset({
@@ -51,12 +52,13 @@ def slurm_available() -> bool:
     return ping.returncode == 0 and "is UP" in ping.stdout
 
 
-def queue(job_ids: set[str]) -> dict[str, QueueEntry]:
-    """Entries of the given job ids still known to squeue, one per array element.
+def queue(elements: Iterable[str]) -> dict[str, QueueEntry]:
+    """squeue's entries for the jobs of these elements ('123_4' or '123'), one per array element.
 
     Queries the user's whole queue rather than `-j <ids>`: squeue fails outright when one of
     several ids has been purged from the controller.
     """
+    job_ids = {element.split("_", 1)[0] for element in elements}
     if not job_ids:
         return {}
     proc = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-t", "all", "-o", "%i|%T|%r"],

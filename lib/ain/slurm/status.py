@@ -93,8 +93,7 @@ def collect(run: RunDir, use_queue: bool = True, tail_lines: int = 15) -> list[S
     events = [ev for ev in run.events() if ev.get("kind") == "submit"]
     submitted = {(ev["stage"], index) for ev in events for index in ev["indices"]}
     elements = submitted_elements(run)
-    job_ids = {e.split("_", 1)[0] for e in elements}
-    queue = scheduler.queue(job_ids) if (use_queue and job_ids and scheduler.slurm_available()) else {}
+    queue = scheduler.queue(elements) if (use_queue and elements and scheduler.slurm_available()) else {}
     # latest element per (stage, index): later submissions replace earlier ones
     latest: dict[tuple[str, int], str] = {}
     for element, key in elements.items():

@@ -25,31 +25,17 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ain.config_base import ConfigError, Resources  # noqa: F401 (re-exported)
+from ain.eval.config import EvalConfig, EvalReportConfig
+from ain.vdr.config import VdrEvalConfig, VdrPrepareConfig, VdrReportConfig, VdrTrainConfig
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS_DIR = PROJECT_ROOT / "configs"
 
 # Stages in pipeline order. A recipe lists the subset it runs; each listed stage depends on the
 # previous listed one. Stages not implemented yet are refused by validation with a clear message.
 PIPELINE_ORDER = ("canary", "ingest", "translate", "verify", "safety", "mix", "pack", "report", "train", "export",
-                  "eval")
-
-
-@dataclass
-class Resources:
-    """What one array task of a stage asks Slurm for."""
-
-    nodes: int = 1
-    """Nodes per task (more than 1 only for multi-node training)."""
-    tasks_per_node: int = 1
-    """Processes per node (one per GPU for training)."""
-    cpus_per_task: int = 1
-    """CPU cores per process."""
-    gpus_per_node: int = 0
-    """GPUs per node (0 for CPU-only stages)."""
-    mem_gb: float = 4.0
-    """Memory per node in GB (0: let the cluster decide)."""
-    time_min: int = 60
-    """Wall-clock limit per task in minutes; USR2 arrives cluster.signal_delay_s before it."""
+                  "eval", "eval_report", "vdr_prepare", "vdr_train", "vdr_eval", "vdr_report")
 
 
 @dataclass
@@ -396,6 +382,18 @@ class TrainConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Consolidate the last training checkpoint into a Hugging Face model directory (safetensors,
+    processor, chat template) that `from_pretrained` loads."""
+
+    dtype: str = "bfloat16"
+    """Weights' dtype in the exported model (bfloat16, float16 or float32)."""
+    num_tasks: int = 1
+    """Always 1."""
+    resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=8, mem_gb=256, time_min=120))
+
+
+@dataclass
 class RunConfig:
     """Top level: one run of one recipe on one cluster."""
 
@@ -420,6 +418,13 @@ class RunConfig:
     pack: PackConfig = field(default_factory=PackConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval_report: EvalReportConfig = field(default_factory=EvalReportConfig)
+    vdr_prepare: VdrPrepareConfig = field(default_factory=VdrPrepareConfig)
+    vdr_train: VdrTrainConfig = field(default_factory=VdrTrainConfig)
+    vdr_eval: VdrEvalConfig = field(default_factory=VdrEvalConfig)
+    vdr_report: VdrReportConfig = field(default_factory=VdrReportConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -428,10 +433,6 @@ class RunConfig:
 
 # Stages whose code exists; the others are listed in PIPELINE_ORDER for the plan and --help.
 IMPLEMENTED_STAGES = ("canary", "ingest", "translate", "verify", "safety", "mix", "pack", "report", "train")
-
-
-class ConfigError(ValueError):
-    """A user mistake in the configuration; the message names the key and the fix."""
 
 
 def split_overrides(argv: list[str]) -> tuple[str, str, list[str]]:
@@ -485,6 +486,10 @@ def load_config(argv: list[str], configs_dir: Path = CONFIGS_DIR, check_paths: b
     if not cfg.name:
         cfg.name = cfg.recipe
     _absolute_input_paths(cfg)
+    for f in fields(cfg):  # derived fields (e.g. eval.num_tasks from the benchmark registry)
+        resolve = getattr(getattr(cfg, f.name), "resolve", None)
+        if callable(resolve):
+            resolve(cfg)
     validate(cfg, check_paths=check_paths)
     return cfg
 
@@ -538,6 +543,8 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
         if sub is None:
             continue
         need(sub.num_tasks >= 1, f"{stage}.num_tasks", "must be >= 1")
+        if callable(getattr(sub, "check", None)):  # stage packages validate their own sections
+            sub.check(cfg, need, check_paths)
         r = sub.resources
         key = f"{stage}.resources"
         need(1 <= r.nodes <= c.max_nodes, f"{key}.nodes",

@@ -1,0 +1,1 @@
+"""Evaluation of a checkpoint: CAMEL-Bench per domain, ArabicMMLU, English benchmarks."""

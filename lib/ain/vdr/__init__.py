@@ -1,0 +1,1 @@
+"""The Arabic visual-document-retrieval embedding track (PEARL -> Qwen3-VL-Embedding fine-tune)."""

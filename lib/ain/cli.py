@@ -10,6 +10,7 @@ import sys
 from typing import Sequence
 
 from ain.config import ConfigError, describe_fields, load_config
+from ain.stages import select_stages
 from ain.slurm.launcher import Launcher, StageFailed, describe, resolve_run_dir, wait_for
 
 HELP_EPILOG = "Overrides are key=value (e.g. recipe=ain cluster=slurm ingest.num_tasks=8). Keys:\n"
@@ -23,6 +24,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the DAG, arrays, resources and sbatch text; submit nothing")
     p.add_argument("--force", action="store_true", help="accept config changes against the frozen config.yaml")
     p.add_argument("--wait", action="store_true", help="with Slurm: block until the submitted jobs have left the queue")
+    p.add_argument("--only", action="append", metavar="STAGE[,STAGE]",
+                   help="submit only these stages (the stages before them must be complete or queued)")
+    p.add_argument("--from", dest="start", metavar="STAGE", help="submit this stage and every later one")
     return p
 
 
@@ -31,7 +35,7 @@ def submit_main(description: str, argv: Sequence[str] | None = None, extra: Sequ
     try:
         cfg = load_config([*extra, *args.overrides])
         run = resolve_run_dir(cfg)
-        launcher = Launcher(cfg, run)
+        launcher = Launcher(cfg, run, select_stages(cfg, args.only, args.start))
         if args.dry_run:
             print(launcher.dry_run())
             return 0

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from ain.atomic import ResumableJsonl
-from ain.config import Resources, RunConfig
+from ain.config import ConfigError, Resources, RunConfig
 from ain.rundir import RunDir, StagePaths
 
 STAGE_FUNCTIONS: dict[str, str] = {
@@ -34,6 +34,13 @@ STAGE_FUNCTIONS: dict[str, str] = {
     "pack": "ain.data.pack:run_pack_task",
     "report": "ain.curate.report:run_report_task",
     "train": "ain.train.stage:run_train_task",
+    "export": "ain.train.export:run_export_task",
+    "eval": "ain.eval.stage:run_eval_task",
+    "eval_report": "ain.eval.report:run_eval_report_task",
+    "vdr_prepare": "ain.vdr.prepare:run_prepare_task",
+    "vdr_train": "ain.vdr.train:run_train_task",
+    "vdr_eval": "ain.vdr.evaluate:run_eval_task",
+    "vdr_report": "ain.vdr.report:run_report_task",
 }
 
 
@@ -128,6 +135,24 @@ def plan(cfg: RunConfig) -> list[PlannedStage]:
         out.append(PlannedStage(name, sub.num_tasks, sub.resources, previous))
         previous = name
     return out
+
+
+def select_stages(cfg: RunConfig, only: list[str] | None = None, start: str | None = None) -> list[str] | None:
+    """The stages a launch may submit: `--only a,b` (just those) or `--from s` (s and every later
+    stage of the recipe); None means all. The others are left alone: their done tasks count,
+    their queued ones are waited on, and an incomplete one upstream of the selection is an error
+    at launch (see Launcher)."""
+    if only and start:
+        raise ConfigError("use --only or --from, not both")
+    names = [n for item in (only or []) for n in item.split(",") if n]
+    if start:
+        names = [start]
+    unknown = [n for n in names if n not in cfg.stages]
+    if unknown:
+        raise ConfigError(f"stage(s) {unknown} not in this recipe's stages {cfg.stages}")
+    if start:
+        return cfg.stages[cfg.stages.index(start):]
+    return names or None
 
 
 def stage_function(name: str) -> Callable[[TaskContext], dict[str, Any]]:

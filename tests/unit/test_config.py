@@ -26,7 +26,7 @@ def test_recipe_cluster_and_overrides_compose(chdir_root):
     (["canary.resources.time_min=100000"], "canary.resources.time_min"),
     (["cluster.signal_delay_s=1200", "canary.resources.time_min=10"], "canary.resources.time_min"),
     (["stages=[canary,frobnicate]"], "stages"),
-    (["stages=[export]"], "stages"),                                         # not implemented yet
+    (["stages=[ingest,canary]"], "stages"),                                  # out of pipeline order
     (["stages=[train]"], "train.resources.nodes"),                           # 8 nodes on a 2-node profile
     (["cluster.executor=kubernetes"], "cluster.executor"),
     (["name=../elsewhere"], "name"),

@@ -45,3 +45,21 @@ def test_parameters_carry_dependency_throttle_and_kill_on_invalid_dep(chdir_root
     assert p["additional_parameters"]["kill-on-invalid-dep"] == "yes"
     text = render_sbatch(cfg.cluster, "x", cfg.canary.resources, Path("/r/logs"), 8, dependency=["10"])
     assert "#SBATCH --array=0-7%3" in text and "#SBATCH --signal=USR2@30" in text
+
+
+def test_committed_torchrun_script_is_the_rendering(chdir_root):
+    """sbatch/ain_train.sbatch (the plain-sbatch path) is exactly what jobs/render_sbatch.py
+    writes for recipe=ain cluster=slurm, so it cannot drift from the submitit path's config."""
+    from ain.slurm.sbatch import render_torchrun_sbatch
+
+    cfg = load_config(["recipe=ain", "cluster=slurm"], check_paths=False)
+    text = render_torchrun_sbatch(cfg, Path("/shared/runs/ain"), python="python")
+    committed = Path(__file__).resolve().parents[2] / "sbatch" / "ain_train.sbatch"
+    if not committed.exists():
+        committed.write_text(text)
+        pytest.fail(f"wrote {committed}: review and commit it")
+    assert text == committed.read_text()
+    for line in ("#SBATCH --nodes=8", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --signal=B:USR2@300", "#SBATCH --requeue", "--nproc-per-node=8",
+                 "export OMP_NUM_THREADS=8"):
+        assert line in text, line

@@ -76,16 +76,36 @@ def active_elements(run: RunDir, stages: list[str]) -> list[str]:
 
 
 class Launcher:
-    def __init__(self, cfg: RunConfig, run: RunDir) -> None:
+    def __init__(self, cfg: RunConfig, run: RunDir, selected: list[str] | None = None) -> None:
         self.cfg = cfg
         self.run = run
         self.kind = executor_kind(cfg)
+        self.selected = selected  # None: every stage (see ain.stages.select_stages)
+
+    def _chosen(self, name: str) -> bool:
+        return self.selected is None or name in self.selected
+
+    def _check_upstream(self, active: dict[str, list[str]]) -> None:
+        """With a selection, every unselected stage before the first selected one must be
+        complete, or still queued/running (then the selection waits for it)."""
+        if self.selected is None:
+            return
+        for st in plan(self.cfg):
+            if st.name in self.selected:
+                return
+            done = self.run.stage(st.name).done_indices()
+            if len(done) < st.num_tasks and not active.get(st.name):
+                raise ConfigError(f"stage {st.name} is incomplete ({len(done)}/{st.num_tasks} tasks done) and "
+                                  f"not queued, but {self.selected[0]} needs it: launch with --from {st.name}")
 
     # planning ---------------------------------------------------------------------------------
     def dry_run(self) -> str:
         """The DAG, each stage's array and resources, and the sbatch text; submits nothing."""
         lines = [f"run directory: {self.run.root.resolve()}", f"executor: {self.kind}", "DAG:"]
         for st in plan(self.cfg):
+            if not self._chosen(st.name):
+                lines.append(f"  {st.name}: not selected (left as it is)")
+                continue
             paths = self.run.stage(st.name)
             missing = sorted(set(range(st.num_tasks)) - paths.done_indices())
             r = st.resources
@@ -93,7 +113,13 @@ class Launcher:
                 f"  {st.name}: {st.num_tasks} tasks ({len(missing)} to run), after {st.depends_on or '-'}; "
                 f"per task {r.nodes} node(s) x {r.tasks_per_node} proc, {r.cpus_per_task} cpu, "
                 f"{r.gpus_per_node} gpu/node, {r.mem_gb:g} GB, {r.time_min} min")
+        if "train" in self.cfg.stages and self._chosen("train"):
+            from ain.train.estimate import estimate_train  # noqa: PLC0415
+
+            lines.append(estimate_train(self.cfg, self.run.root).describe())
         for st in plan(self.cfg):
+            if not self._chosen(st.name):
+                continue
             dep = [f"<{st.depends_on} job>"] if st.depends_on else None
             text = render_sbatch(self.cfg.cluster, job_name(self.cfg, st.name), st.resources,
                                  self.run.stage(st.name).logs, st.num_tasks, python=sys.executable,
@@ -121,9 +147,17 @@ class Launcher:
         report: list[StageLaunch] = []
         upstream: list[str] = []          # dependency targets for the next stage
         upstream_resubmitted = False
+        active_by_stage: dict[str, list[str]] = {}
+        for element, entry in queue.items():
+            if entry.active and element in elements:
+                active_by_stage.setdefault(elements[element][0], []).append(element)
+        self._check_upstream(active_by_stage)
         for st in plan(self.cfg):
             paths = self.run.stage(st.name).create()
             done = paths.done_indices()
+            if not self._chosen(st.name):  # left alone; a later selected stage waits on its queued tasks
+                upstream = sorted(active_by_stage.get(st.name, []))
+                continue
             sl = StageLaunch(st.name, st.num_tasks, done=sorted(done))
             active: dict[int, str] = {}
             stale: list[str] = []
@@ -203,9 +237,12 @@ class Launcher:
             raise ConfigError(f"judge(s) {shared}: server.mode=shared needs Slurm (a server job beside the "
                               "client arrays); on this machine use per_task or external")
         report: list[StageLaunch] = []
+        self._check_upstream({})
         for st in plan(self.cfg):
             paths = self.run.stage(st.name).create()
             done = paths.done_indices()
+            if not self._chosen(st.name):
+                continue
             sl = StageLaunch(st.name, st.num_tasks, done=sorted(done))
             missing = sorted(set(range(st.num_tasks)) - done)
             report.append(sl)

@@ -13,7 +13,7 @@ from typing import Any
 
 from submitit.slurm.slurm import _make_sbatch_string  # the text submitit itself submits
 
-from ain.config import ClusterConfig, Resources
+from ain.config import ClusterConfig, Resources, RunConfig
 
 
 def slurm_parameters(cluster: ClusterConfig, job_name: str, res: Resources,
@@ -55,3 +55,42 @@ def render_sbatch(cluster: ClusterConfig, job_name: str, res: Resources, folder:
     params = slurm_parameters(cluster, job_name, res, dependency)
     command = " ".join([python, "-u", "-m", "submitit.core._submit", shlex.quote(str(folder))])
     return _make_sbatch_string(command=command, folder=folder, map_count=array_size, **params)
+
+
+def render_torchrun_sbatch(cfg: RunConfig, run_root: Path, python: str = "python") -> str:
+    """The train stage as a plain sbatch script (srun + torchrun), from the same config and
+    `slurm_parameters` as the submitit path: one srun task per node, torchrun starts
+    `tasks_per_node` ranks there and rendezvouses on the first node. Preemption: Slurm sends USR2
+    to the batch shell (B:), whose trap touches the stop file that the training loop polls
+    (ranks save, rank 0 requeues the job); the shell keeps waiting for srun meanwhile. The job
+    runs `ain.train.torchrun_entry`, the same stage function and markers as the submitit path."""
+    res = cfg.train.resources
+    paths = Path(run_root) / "stages" / "train"
+    params = slurm_parameters(cfg.cluster, f"ain-{cfg.name}-train", res)
+    params.pop("array_parallelism")
+    params.pop("signal_delay_s")
+    params["ntasks_per_node"] = 1
+    params["cpus_per_task"] = res.cpus_per_task * res.tasks_per_node
+    params["additional_parameters"].update({"signal": f"B:USR2@{cfg.cluster.signal_delay_s}", "requeue": True})
+    stop_file = paths / "state" / "stop-$SLURM_JOB_ID"
+    setup = [*params.pop("setup"),
+             'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+             "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+             f"export OMP_NUM_THREADS={res.cpus_per_task}  # per rank (torchrun starts {res.tasks_per_node} per node)",
+             f'trap \'touch "{stop_file}"\' USR2  # the loop saves, rank 0 requeues']
+    torchrun = " ".join([
+        "srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1",
+        python, "-m", "torch.distributed.run", '--nnodes="$SLURM_NNODES"',
+        f"--nproc-per-node={res.tasks_per_node}", "--rdzv-backend=c10d",
+        '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"', '--rdzv-id="$SLURM_JOB_ID"',
+        "-m", "ain.train.torchrun_entry", shlex.quote(str(Path(run_root)))])
+    text = _make_sbatch_string(command="", folder=paths / "logs", use_srun=False, setup=setup, **params)
+    command = "\n".join([
+        torchrun + " &",
+        "SRUN_PID=$!",
+        "# `wait` returns early (>128) when the USR2 trap runs; keep waiting while srun lives",
+        'until wait "$SRUN_PID"; do status=$?; kill -0 "$SRUN_PID" 2>/dev/null || exit "$status"; done'])
+    head = ["#!/bin/bash", "# Rendered by `python jobs/render_sbatch.py` from the run's config: re-render, do not edit."]
+    body = [line for line in text.replace("export SUBMITIT_EXECUTOR=slurm\n", command + "\n").splitlines()[1:]
+            if not line.startswith("#SBATCH --wckey")]
+    return "\n".join(head + body) + "\n"

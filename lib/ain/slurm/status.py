@@ -45,6 +45,7 @@ class StageStatus:
     first_start: float | None = None
     last_end: float | None = None
     problems: list[TaskProblem] = field(default_factory=list)
+    training: dict[str, Any] | None = None   # train stage: latest step, loss, rates, ETA (metrics.jsonl)
 
     @property
     def throughput(self) -> float | None:
@@ -53,6 +54,8 @@ class StageStatus:
 
     @property
     def eta_s(self) -> float | None:
+        if self.training is not None and self.done < self.num_tasks:
+            return self.training.get("eta_s")
         remaining = self.num_tasks - self.done
         if remaining == 0:
             return 0.0
@@ -137,8 +140,25 @@ def collect(run: RunDir, use_queue: bool = True, tail_lines: int = 15) -> list[S
                     existing = [p for p in log_files(run, st.name, element) if p.exists() and p.stat().st_size]
                     log = existing[0] if existing else None
                 s.problems.append(TaskProblem(index, kind, record, log, tail(log, tail_lines)))
+        if st.name == "train":
+            s.training = training_progress(paths.out)
         out.append(s)
     return out
+
+
+def training_progress(out_dir: Path) -> dict[str, Any] | None:
+    """The train stage's latest step from metrics.jsonl, with an ETA from the recent step times."""
+    from ain.train.telemetry import read_metrics  # noqa: PLC0415 (no torch: plain JSON reading)
+
+    rows = read_metrics(out_dir)
+    if not rows:
+        return None
+    last = rows[-1]
+    recent = sorted(r.get("seconds", 0.0) for r in rows[-20:])
+    total = int(last.get("total_steps") or 0)
+    eta = (total - last["step"]) * recent[len(recent) // 2] if total > last["step"] else None
+    return {"step": last["step"], "total_steps": total, "loss": last.get("loss"), "lr": last.get("lr"),
+            "tokens_per_s": last.get("tokens_per_s"), "mfu": last.get("mfu"), "eta_s": eta}
 
 
 def _fmt_seconds(s: float | None) -> str:
@@ -162,6 +182,12 @@ def render(run: RunDir, statuses: list[StageStatus]) -> Any:
         table.add_row(s.name, s.state, f"{s.done}/{s.num_tasks}", str(s.running), str(s.pending), str(s.failed),
                       str(s.lost), ",".join(s.job_ids[-3:]) or "-", tp, _fmt_seconds(s.eta_s))
     parts: list[Any] = [table]
+    for s in statuses:
+        t = s.training
+        if t:
+            parts.append(Text(f"{s.name}: step {t['step']}/{t['total_steps'] or '?'} (estimated), loss {t['loss']}, "
+                              f"lr {t['lr']:.3g}, {t['tokens_per_s']:,.0f} tokens/s, MFU {t['mfu']}, "
+                              f"ETA {_fmt_seconds(t['eta_s'])}"))
     for s in statuses:
         for p in s.problems:
             head = f"{s.name}[{p.index}] {p.kind}"

@@ -213,6 +213,19 @@ def write_latest(out_dir: Path, tag: str) -> None:
     os.replace(tmp, out_dir / LATEST)
 
 
+def prune_checkpoints(out_dir: Path, keep: int, current: str) -> None:
+    """Delete all but the newest `keep` step<n> checkpoints (never `current`, which `latest` names)."""
+    import shutil
+
+    if keep <= 0:
+        return
+    tags = sorted((p for p in out_dir.glob("step*") if p.is_dir() and p.name[4:].isdigit()),
+                  key=lambda p: int(p.name[4:]))
+    for old in tags[:-keep]:
+        if old.name != current:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def estimate_total_steps(manifest: list[dict], cfg: TrainConfig, world_size: int) -> int:
     """Optimizer steps for the scheduler when max_steps is not given: samples x epochs / world /
     accum, divided by an assumed 2 samples per packed row when packing (the real row count is
@@ -246,12 +259,13 @@ def load_model(cfg: TrainConfig):
 
 # ------------------------------------------------------------------------------ loop
 def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max_steps: int | None = None,
-          stop_flag: Callable[[], bool] | None = None) -> dict:
+          stop_flag: Callable[[], bool] | None = None, log_dir: Path | None = None) -> dict:
     """Train (or resume from out_dir/latest) until max_steps, the end of cfg.epochs, or
     stop_flag(). Returns {"steps", "losses" (this process's steps), "samples_seen" (this rank,
     whole run), "resumed_from_step", "stopped_early", "sample_ids" (trained on by this rank in
     this process, in order), "skipped", "buffered_at_save" (samples in the packing window at the
-    last save)}."""
+    last save)}. Per-step metrics and sample ids go to `log_dir` (default out_dir; see
+    ain.train.telemetry)."""
     import torch
     import torch.distributed as tdist
     from torch.utils.data import DataLoader
@@ -260,6 +274,7 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
     from ain.train.collate import collate_packed
     from ain.train.ds_config import deepspeed_config
     from ain.train.stream import CollateWithState, ShardDataset, StateTracker
+    from ain.train.telemetry import TrainLog, count_parameters, row_flops
 
     if cfg.micro_batch_size != 1:
         raise ValueError("train.micro_batch_size must be 1: a packed row is a batch of 1 (use grad_accum)")
@@ -304,6 +319,10 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
     skipped = Counter(counters["skipped"])
 
     encoder = Encoder(processor, model.config, cfg)
+    text_config = getattr(model.config, "text_config", model.config)
+    n_text, n_vision = count_parameters(model)
+    train_log = TrainLog(Path(log_dir or out_dir), rank, resumed_from, world_size=world,
+                         peak_flops=cfg.peak_tflops_per_gpu * 1e12, log_every=cfg.log_every_steps)
 
     def make_packer(epoch: int, state: Optional[dict]) -> tuple[StreamPacker, Any]:
         tracker = StateTracker(cfg.num_workers, epoch=epoch, state=state["tracker"] if state else None)
@@ -329,7 +348,7 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
     last_saved = step if resumed_from else -1
     buffered_at_save = 0
     accum = cfg.grad_accum
-    t_log, tok_log = time.time(), 0
+    last_save_time = time.time()
 
     def flag(value: bool) -> bool:
         t = torch.tensor([1.0 if value else 0.0], device=device)
@@ -348,9 +367,13 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
         tag = f"step{step}"
         engine.save_checkpoint(str(out_dir), tag=tag, client_state={"step": step, "data": gathered},
                                save_latest=False)
+        if os.environ.get("AIN_FAIL_SAVE_AT_STEP") == str(step):  # fault injection: die mid-save
+            log.error("AIN_FAIL_SAVE_AT_STEP=%d: exiting before `latest` moves", step)
+            os._exit(17)
         tdist.barrier()
         if rank == 0:
             write_latest(out_dir, tag)
+            prune_checkpoints(out_dir, keep=cfg.keep_checkpoints, current=tag)
         tdist.barrier()
         last_saved = step
         log.info("saved %s", out_dir / tag)
@@ -367,7 +390,8 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
             del loader_it
             packer, loader_it = make_packer(epoch, None) if epoch < cfg.epochs else (None, None)
             continue
-        micro_losses = []
+        micro_losses, step_ids, step_tokens, step_flops = [], [], 0, 0.0
+        lr = engine.get_lr()[0]
         for entries in rows:
             batch = collate_packed([e.payload[0] for e in entries], [e.payload[1] for e in entries])
             batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -375,26 +399,34 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
             engine.backward(out.loss)
             engine.step()
             micro_losses.append(float(out.loss.detach().float().item()))
-            tok_log += int(batch["input_ids"].shape[1])
-            sample_ids.extend(e.sid for e in entries)
+            step_tokens += int(batch["input_ids"].shape[1])
+            patches = int(batch["pixel_values"].shape[0]) if "pixel_values" in batch else 0
+            step_flops += row_flops(n_text, n_vision, text_config.num_hidden_layers, text_config.hidden_size,
+                                    [e.payload[0].length for e in entries], patches)
+            step_ids.extend(e.sid for e in entries)
             counters["samples_seen"] += len(entries)
             counters["rows"] += 1
         step += 1
+        sample_ids.extend(step_ids)
         losses.append(sum(micro_losses) / len(micro_losses))
-        if step % 10 == 0 or step == 1:
-            now = time.time()
-            log.info("step %d loss %.4f lr %.3g tokens/s %.0f (rank %d)", step, losses[-1],
-                     engine.get_lr()[0], tok_log / max(now - t_log, 1e-9), rank)
-            t_log, tok_log = now, 0
+        grad_norm = engine.get_global_grad_norm()
+        train_log.step(step, loss=losses[-1], lr=lr, grad_norm=None if grad_norm is None else float(grad_norm),
+                       tokens=step_tokens, samples=len(step_ids), flops=step_flops, sample_ids=step_ids,
+                       total_steps=total_steps)
         stop = flag(bool(stop_flag and stop_flag()))
-        if stop or (cfg.save_every_steps and step % cfg.save_every_steps == 0):
+        due = bool(cfg.save_every_steps and step % cfg.save_every_steps == 0)
+        if cfg.save_every_minutes > 0:  # rank 0's clock decides, for all ranks
+            due = flag(due or (rank == 0 and time.time() - last_save_time >= 60 * cfg.save_every_minutes))
+        if stop or due:
             save()
+            last_save_time = time.time()
         if stop:
             stopped_early = True
             break
     if not stopped_early and last_saved != step and step > 0:
         save()
     counters["skipped"] = dict(skipped)
+    train_log.close()
     return {"steps": step, "losses": losses, "samples_seen": counters["samples_seen"],
             "resumed_from_step": resumed_from, "stopped_early": stopped_early, "sample_ids": sample_ids,
             "skipped": dict(skipped), "rows": counters["rows"], "buffered_at_save": buffered_at_save,

@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Render the train stage as a plain sbatch script (srun + torchrun), for those who prefer
+`sbatch` to `jobs/submit_train.py`. The script comes from the same config as the submitit path.
+
+    python jobs/render_sbatch.py recipe=ain cluster=slurm            # writes runs/ain/train.sbatch
+    sbatch runs/ain/train.sbatch                                     # after the pack stage is done
+
+The run directory is created (config frozen) so the job finds its config; the earlier stages
+still come from `python jobs/submit_train.py ... --only ingest,...,pack` or a previous run.
+"""
+
+import argparse
+import sys
+
+from ain.config import ConfigError, load_config
+from ain.slurm.launcher import resolve_run_dir
+from ain.slurm.sbatch import render_torchrun_sbatch
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="key=value config overrides (as for submit_train.py)")
+    p.add_argument("--force", action="store_true", help="accept config changes against the frozen config.yaml")
+    args = p.parse_args()
+    try:
+        cfg = load_config(args.overrides)
+        if "train" not in cfg.stages:
+            raise ConfigError("stages: the recipe has no train stage to render")
+        run = resolve_run_dir(cfg)
+        with run.lock():
+            run.freeze(cfg, force=args.force, argv=sys.argv)
+        run.stage("train").create()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = run.root / "train.sbatch"
+    path.write_text(render_torchrun_sbatch(cfg, run.root, python=sys.executable))
+    print(f"wrote {path}\nsubmit it with: sbatch {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

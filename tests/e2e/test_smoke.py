@@ -43,6 +43,41 @@ def check_smoke_outputs(run: RunDir) -> None:
     assert len(ids) == len(set(ids)) == EXPECTED["good_total"]
     check_translation(run, [s for s in samples if s["language"] == "en"])
     check_mix_pack_report(run)
+    check_train_export(run)
+    check_eval(run)
+
+
+def check_eval(run: RunDir) -> None:
+    """The exported model went through the evaluation array (one task per selected unit) and the
+    report sets it beside the published rows."""
+    cfg = run.load_config()
+    assert len(run.stage("eval").done_indices()) == cfg.eval.num_tasks >= 4
+    report = (run.root / "report" / "eval.md").read_text()
+    assert "| **smoke fine-tune** |" in report and "| AIN-7B | 56.78 |" in report
+    assert "answers withheld: not scored" in report  # chartqa's fixture answers are blank, as on the hub
+
+
+def check_train_export(run: RunDir) -> None:
+    """Two ranks trained on the packed shards (loss fell), and the export loads and generates."""
+    import torch
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    marker = run.stage("train").read_marker(0)
+    assert marker["world_size"] == 2 and marker["steps"] >= 3 and marker["final_loss"] < marker["first_loss"]
+    metrics = [json.loads(line) for line in open(run.stage("train").out / "metrics.jsonl")]
+    assert [m["step"] for m in metrics] == list(range(1, marker["steps"] + 1))
+    ids = [[i for line in open(run.stage("train").out / f"samples-rank{r}.jsonl") for i in json.loads(line)["ids"]]
+           for r in (0, 1)]
+    assert len(ids[0]) == marker["items"] and ids[1] and not set(ids[0]) & set(ids[1])  # disjoint shards per rank
+    model_dir = run.stage("export").out / "model"
+    model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    inputs = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "hello"}]}],
+                                           add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
 
 
 def check_mix_pack_report(run: RunDir) -> None:
@@ -107,7 +142,7 @@ def test_smoke_on_local_executor_then_rerun_does_nothing(tmp_path):
     check_smoke_outputs(run)
     before = submits(run)
     second = submit(f"runs_root={tmp_path}", "cluster.executor=local")
-    assert "ingest: 2/2 done; nothing to do" in second.stdout and "report: 1/1 done; nothing to do" in second.stdout
+    assert "ingest: 2/2 done; nothing to do" in second.stdout and "export: 1/1 done; nothing to do" in second.stdout
     assert submits(run) == before
 
 
@@ -116,7 +151,7 @@ def test_smoke_on_local_executor_then_rerun_does_nothing(tmp_path):
 def test_smoke_on_slurm_then_rerun_does_nothing(slurm_cluster, tmp_path):
     first = submit(f"runs_root={tmp_path}", "cluster=localslurm", "--wait")
     for stage, n in (("ingest", 2), ("translate", 2), ("verify", 2), ("safety", 2), ("mix", 1), ("pack", 2),
-                     ("report", 1)):
+                     ("report", 1), ("train", 1), ("export", 1), ("eval", 6), ("eval_report", 1)):
         assert f"{stage}: 0/{n} done; submitted {n} task(s) as job" in first.stdout, first.stdout
     run = RunDir(tmp_path / "smoke")
     check_smoke_outputs(run)

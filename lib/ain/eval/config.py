@@ -1,14 +1,28 @@
-"""Configuration of the evaluation stages (`eval`, `eval_report`)."""
+"""Configuration of the evaluation stages (`eval`, `eval_report`).
+
+The benchmark registry itself (datasets, domains, prompt builders, scorers, published numbers) is
+YAML under `eval.registry_dir` (configs/eval/), loaded by `ain.eval.registry`; these dataclasses
+only choose what to run and how.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ain.config_base import Need, Resources
+from ain.config_base import JudgeConfig, Need, Resources
 
 if TYPE_CHECKING:
     from ain.config import RunConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+FAMILIES = ("camel_bench", "arabic_mmlu", "english")
+
+
+def _judge(model: str, max_tokens: int) -> JudgeConfig:
+    return JudgeConfig(model=model, max_tokens=max_tokens, max_concurrency=8)
 
 
 @dataclass
@@ -17,29 +31,134 @@ class EvalConfig:
     of its datasets, ArabicMMLU, an English benchmark)."""
 
     checkpoint: str = ""
-    """Model to evaluate: a hub id or local directory; empty: this run's export stage output."""
+    """Model to evaluate: a hub id or local directory; empty: this run's export stage output
+    (stages/export/out/model)."""
     benchmarks: list[str] = field(default_factory=lambda: ["camel_bench", "arabic_mmlu", "english"])
-    """Benchmark families to run (see configs/eval/)."""
+    """Benchmark families to run: camel_bench, arabic_mmlu, english (see configs/eval/)."""
+    datasets: list[str] = field(default_factory=list)
+    """Only these datasets of the selected families (registry names, e.g. mme, khatt, mmbench_en);
+    empty: all of them."""
+    registry_dir: str = "configs/eval"
+    """Directory of the benchmark registry YAML files (relative: from the project root)."""
+    data_root: str = ""
+    """Local mirror of the benchmark data: <data_root>/<dataset>.{parquet,jsonl,json,arrow} or a
+    save_to_disk folder <data_root>/<dataset>/ with the hub's columns; empty: load from the hub."""
+    max_items_per_dataset: int = 0
+    """Evaluate only the first N items of each dataset (0: all); for smoke runs."""
+    backend: str = "hf"
+    """hf: transformers generate in this task (batched, bf16, sdpa/flash-attention); endpoint: an
+    OpenAI-compatible server (vLLM on a cluster) started/found as `endpoint` says."""
+    batch_size: int = 8
+    """Items per generate() call (hf backend) / requests in flight (endpoint backend)."""
+    dtype: str = "bfloat16"
+    """hf backend weights and compute dtype: bfloat16, float16 or float32."""
+    attn_implementation: str = "sdpa"
+    """hf backend attention: sdpa, eager or flash_attention_2."""
+    max_new_tokens: int = 0
+    """Generation limit; 0: each family's registry value (CAMEL-Bench's runner uses 2000)."""
+    commit_every: int = 16
+    """Predictions between progress commits (a preempted task resumes after the last commit)."""
+    mmlu_prompt_language: str = "en"
+    """ArabicMMLU prompt: en (AIN and the ArabicMMLU paper's main setting) or ar."""
+    mmlu_letters: str = "en"
+    """ArabicMMLU option letters: en (A-E) or ar (أ ب ج د و)."""
+    seed: int = 42
+    """Seed of MMMU's random fallback when no option can be parsed (official: 42)."""
+    endpoint: JudgeConfig = field(default_factory=lambda: _judge("", 2000))
+    """endpoint backend: how to reach the model under evaluation (`model` empty: the checkpoint);
+    server.command is vLLM on a cluster, `transformers serve` in tests."""
+    judge: JudgeConfig = field(default_factory=lambda: _judge("", 16))
+    """LLM judge for the open-ended sets (vqav2, mtvqa, mathvista, geochat); model empty: those sets
+    keep their predictions and are reported as not scored."""
     num_tasks: int = 0
     """Derived at load time: the number of evaluation units the registry yields for `benchmarks`."""
     resources: Resources = field(default_factory=lambda: Resources(
         nodes=1, tasks_per_node=1, cpus_per_task=8, gpus_per_node=1, mem_gb=64, time_min=240))
 
+    def registry_path(self) -> Path:
+        path = Path(self.registry_dir)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
     def resolve(self, cfg: "RunConfig") -> None:
-        """Fill derived fields (called by load_config before validation)."""
-        self.num_tasks = max(self.num_tasks, 1)
+        """Fill derived fields (called by load_config before validation): absolute local paths
+        and the number of units. A broken registry leaves num_tasks 0 for `check` to report."""
+        for attr in ("data_root", "checkpoint"):
+            value = getattr(self, attr)
+            if value and not os.path.isabs(value) and os.path.exists(value):
+                setattr(self, attr, os.path.abspath(value))
+        for judge in (self.endpoint, self.judge):
+            if judge.model and not os.path.isabs(judge.model) and os.path.isdir(judge.model):
+                judge.model = os.path.abspath(judge.model)
+        if "eval" not in cfg.stages and "eval_report" not in cfg.stages:
+            self.num_tasks = max(self.num_tasks, 1)
+            return
+        from ain.eval.registry import RegistryError, eval_units  # noqa: PLC0415
+
+        try:
+            self.num_tasks = len(eval_units(self))
+        except (RegistryError, ValueError):
+            self.num_tasks = 0
 
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         """Report mistakes with need(ok, key, message)."""
+        from ain.eval.registry import RegistryError, eval_units, load_registry  # noqa: PLC0415
+
+        bad = [b for b in self.benchmarks if b not in FAMILIES]
+        need(not bad, "eval.benchmarks", f"unknown {bad}; known: {list(FAMILIES)}")
+        need(bool(self.benchmarks), "eval.benchmarks", "empty: list at least one family")
+        need(self.backend in ("hf", "endpoint"), "eval.backend", "hf or endpoint")
+        need(self.dtype in ("bfloat16", "float16", "float32"), "eval.dtype", "bfloat16, float16 or float32")
+        need(self.attn_implementation in ("sdpa", "eager", "flash_attention_2"), "eval.attn_implementation",
+             "sdpa, eager or flash_attention_2")
+        need(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        need(self.commit_every >= 1, "eval.commit_every", "must be >= 1")
+        need(self.max_new_tokens >= 0, "eval.max_new_tokens", "must be >= 0 (0: the registry's value)")
+        need(self.max_items_per_dataset >= 0, "eval.max_items_per_dataset", "must be >= 0")
+        need(self.mmlu_prompt_language in ("en", "ar"), "eval.mmlu_prompt_language", "en or ar")
+        need(self.mmlu_letters in ("en", "ar"), "eval.mmlu_letters", "en or ar")
+        try:
+            registry = load_registry(self.registry_path())
+            units = eval_units(self, registry)
+        except (RegistryError, ValueError) as exc:
+            need(False, "eval.registry_dir", str(exc))
+            return
+        known = {d.name for d in registry.datasets.values() if d.family in self.benchmarks}
+        unknown = [d for d in self.datasets if d not in known]
+        need(not unknown, "eval.datasets", f"{unknown} not in the selected families {self.benchmarks}")
+        need(bool(units), "eval.datasets", "selects no dataset of the selected families")
+        if "eval" not in cfg.stages:
+            return
+        if check_paths:
+            if self.checkpoint:
+                need(not self.checkpoint.startswith((".", "/", "~")) or os.path.isdir(self.checkpoint),
+                     "eval.checkpoint", f"{self.checkpoint!r}: no such local directory")
+            else:
+                need("export" in cfg.stages or (cfg.run_dir / "stages/export/out/model").is_dir(),
+                     "eval.checkpoint", "empty and this run has no export stage output: give checkpoint=<dir or hub id>")
+            if self.data_root:
+                need(os.path.isdir(self.data_root), "eval.data_root", f"{self.data_root!r} is not a directory")
+        if self.backend == "endpoint":
+            need(self.endpoint.server.mode in ("per_task", "shared", "external"), "eval.endpoint.server.mode",
+                 "per_task, shared or external")
+            need(self.endpoint.max_tokens >= 1, "eval.endpoint.max_tokens", "must be >= 1")
 
 
 @dataclass
 class EvalReportConfig:
     """Aggregation: the results table of this checkpoint beside the published numbers."""
 
+    domain_average: str = "micro"
+    """How a CAMEL-Bench domain score is formed from its datasets (the paper does not say): micro
+    (scored items pooled) or macro (unweighted mean of its datasets' scores). The total is
+    always AIN's: the unweighted mean of the 8 domain scores."""
+    compare_with: list[str] = field(default_factory=lambda: ["AIN-7B", "Qwen2-VL-7B", "GPT-4o"])
+    """Published rows (configs/eval/published.yaml) shown beside this checkpoint."""
+    label: str = "this checkpoint"
+    """Name of this checkpoint's row in the tables and plots."""
     num_tasks: int = 1
     """Always 1."""
     resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=1, mem_gb=4, time_min=30))
 
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         need(self.num_tasks == 1, "eval_report.num_tasks", "must be 1")
+        need(self.domain_average in ("micro", "macro"), "eval_report.domain_average", "micro or macro")

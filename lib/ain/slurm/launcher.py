@@ -214,7 +214,10 @@ class Launcher:
         if kind == "slurm":
             return submitit.SlurmExecutor(folder=folder, max_num_timeout=self.cfg.cluster.max_requeues)
         ex = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=st.resources.time_min)
+        # A multi-node stage (training) runs all its ranks on this machine: submitit starts them
+        # as local tasks with the same rank environment it gives Slurm tasks.
+        ex.update_parameters(timeout_min=st.resources.time_min,
+                             tasks_per_node=st.resources.nodes * st.resources.tasks_per_node)
         return ex
 
     def _submit_slurm(self, st: PlannedStage, indices: list[int], dependency: list[str]) -> tuple[str, list[str]]:
@@ -268,7 +271,7 @@ class Launcher:
             jobs = executor.map_array(task, batch)
             for index, job in zip(batch, jobs):
                 try:
-                    job.result()
+                    job.results()  # every rank's result (a multi-rank stage has one per rank)
                 except Exception:  # the failure record is in the run directory
                     failed.append(index)
         return failed

@@ -125,9 +125,14 @@ class ResumableJsonl:
         return out
 
     def close(self) -> None:
+        # Called from `finally` blocks: rows not yet committed are dropped by the next restart
+        # anyway, so a failed flush (disk full) must not mask the error that is propagating.
         for f in self._files.values():
             if not f.closed:
-                f.close()
+                try:
+                    f.close()
+                except OSError:
+                    pass  # the descriptor is closed even when the flush fails
 
 
 def _partial(final: Path) -> Path:

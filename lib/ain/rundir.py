@@ -150,8 +150,13 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Exclusive for one launch at a time: two concurrent launches must not both submit."""
-        private_mkdir(self.root)
-        with open(self.root / ".launch.lock", "w") as f:
+        try:
+            private_mkdir(self.root)
+            f = open(self.root / ".launch.lock", "w")
+        except OSError as exc:  # before anything is submitted: say which setting to change
+            raise ConfigError(f"cannot write the run directory {self.root}: {exc.strerror or exc}; set "
+                              "runs_root= to a writable directory on the shared filesystem") from None
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -21,6 +21,7 @@ record. A source that cannot be read at all raises SourceError naming the file.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any, Iterator
 from ain.config import IngestSource
 from ain.data.images import ImageStore
 from ain.data.normalize import normalize_row
-from ain.data.readers import RawRow, SourceError, detect_format, iter_rows, source_name
+from ain.data.readers import RawRow, SourceError, detect_format, iter_rows, source_name, utf8_safe
 from ain.data.schema import BadRow
 from ain.stages import TaskContext
 
@@ -81,7 +82,14 @@ def process_row(src: PreparedSource, raw: RawRow, store: ImageStore) -> tuple[st
         row = raw.load()
         sample = normalize_row(row, src=src.cfg, source=src.name, file=src.cfg.path, row_index=raw.index,
                                add_images=lambda specs: store.add_all(specs, src.base_dir))
-        return "samples", sample.to_json(), sample.language
+        obj = sample.to_json()
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:  # else the whole task would die writing this row
+            raise BadRow(f"text is not valid Unicode: {exc.reason} ({exc.object[exc.start:exc.end]!a} at "
+                         f"character {exc.start} of the sample); lone surrogate escapes such as \\ud800 "
+                         "cannot be stored as UTF-8", "not_utf8") from None
+        return "samples", obj, sample.language
     except BadRow as exc:
         kind, reason, text = exc.kind, exc.reason, getattr(exc, "raw", None)
     except OSError:
@@ -92,7 +100,7 @@ def process_row(src: PreparedSource, raw: RawRow, store: ImageStore) -> tuple[st
         kind, reason, text = "error", f"{type(exc).__name__}: {exc}", None
     raw_text = text if text is not None else raw.text(RAW_CHARS)
     record = {"file": src.cfg.path, "row": raw.index, "source": src.name, "kind": kind,
-              "reason": reason, "raw": raw_text[:RAW_CHARS]}
+              "reason": utf8_safe(reason), "raw": utf8_safe(raw_text[:RAW_CHARS])}
     return "quarantine", record, kind
 
 

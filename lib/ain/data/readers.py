@@ -59,7 +59,13 @@ class RawRow:
             text = self.raw.decode("utf-8", "backslashreplace").rstrip("\r\n")
         else:
             text = json.dumps(self.raw, ensure_ascii=False, default=_describe)
-        return text[:limit]
+        return utf8_safe(text[:limit])
+
+
+def utf8_safe(text: str) -> str:
+    """`text` as it can be written to a UTF-8 file: lone surrogates (which a JSON escape such as
+    "\\ud800" decodes to) become visible backslash escapes instead of failing the write."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _describe(value: Any) -> str:
@@ -124,6 +130,10 @@ def iter_rows(src: IngestSource) -> Iterator[RawRow]:
     path = Path(src.path)
     if fmt != "hub" and not path.exists():
         raise SourceError(f"ingest source {path}: not found")
+    if fmt in ("jsonl", "json", "parquet") and path.stat().st_size == 0:
+        # A zero-length file is a failed download or copy far more often than an empty dataset.
+        raise SourceError(f"ingest source {path}: empty file (0 bytes); re-copy it, or remove it from "
+                          "ingest.sources if it is meant to be empty")
     try:
         if fmt == "jsonl":
             yield from _iter_jsonl(path)

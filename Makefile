@@ -12,12 +12,17 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: setup models system smoke test cluster-up cluster-down
+.PHONY: setup models system smoke embed-smoke test cluster-up cluster-down
 setup: $(VENV)/.installed
 
 # Tiny local models for the smoke recipe and the tests (no hub access needed).
 models: setup
 	$(VENV)/bin/python scripts/build_tiny_models.py .cache/tiny
+	$(VENV)/bin/python scripts/build_vdr_model.py .cache/tiny/vdr_embedder .cache/fixtures/pearl
+
+# The embedding track, tiny, on this machine (PEARL-shaped fixture data + tiny Qwen3-VL embedder).
+embed-smoke: setup models system
+	$(VENV)/bin/python jobs/submit_embed.py recipe=vdr_smoke
 
 # apt packages (WordNet for METEOR; Slurm + munge) and the local two-node Slurm test cluster.
 system:

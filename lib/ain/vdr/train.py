@@ -1,0 +1,202 @@
+"""The `vdr_train` stage: sentence-transformers fine-tune of a multimodal embedder (the blog's recipe).
+
+CachedMultipleNegativesRankingLoss (gradient caching: memory set by `mini_batch_size`, not by the
+batch) inside MatryoshkaLoss, NO_DUPLICATES batches of (query, image, negative_0..3), bf16
+autocast over fp32 weights, gradient checkpointing, save_total_limit checkpoints.
+
+One job on one node: submitit starts `tasks_per_node` processes (one per GPU), each exports the
+torch distributed variables from Slurm, and the Hugging Face Trainer under them runs DDP (NCCL
+on GPUs, gloo on CPU), as torchrun would. Preemption mirrors `ain.train.stage`: each rank's USR2
+handler only sets a flag; at the next optimizer step the ranks agree on it (an all-reduce, since
+USR2 reaches the ranks at slightly different steps), the Trainer saves a checkpoint on all ranks
+and stops; rank 0 requeues the job; the requeued job resumes with `resume_from_checkpoint` from
+the newest complete checkpoint (model, optimizer, scheduler, RNG and data position).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from ain.atomic import atomic_write_json
+from ain.stages import TaskContext
+from ain.vdr.config import VdrTrainConfig
+from ain.vdr.prepare import DATASET_DIR
+
+INPUT_COLUMNS = ["query", "image", "negative_0", "negative_1", "negative_2", "negative_3"]
+FINAL_DIR = "final"
+RESULT_FILE = "train_result.json"
+
+
+class Requeued(SystemExit):
+    """Leave the task without a marker: the job has been requeued and will resume."""
+
+
+def last_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` whose save finished (trainer_state.json is written last)."""
+    if not ckpt_dir.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir()
+             if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "trainer_state.json").exists()]
+    return max(found)[1] if found else None
+
+
+def build_loss(model, cfg: VdrTrainConfig):
+    from sentence_transformers.sentence_transformer.losses import (  # noqa: PLC0415
+        CachedMultipleNegativesRankingLoss, MatryoshkaLoss, MultipleNegativesRankingLoss)
+
+    width = model.get_sentence_embedding_dimension()
+    too_wide = [d for d in cfg.matryoshka_dims if d > width]
+    if too_wide:
+        raise ValueError(f"vdr_train.matryoshka_dims {too_wide} exceed the model's embedding width {width}")
+    base = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size)
+            if cfg.loss == "cached_mnrl" else MultipleNegativesRankingLoss(model))
+    return MatryoshkaLoss(model, base, matryoshka_dims=list(cfg.matryoshka_dims))
+
+
+def prompts(cfg: VdrTrainConfig) -> dict[str, str] | None:
+    """Column -> instruction: the query prompt for `query`, the document prompt for images."""
+    out = {}
+    if cfg.query_prompt:
+        out["query"] = cfg.query_prompt
+    if cfg.document_prompt:
+        out.update({c: cfg.document_prompt for c in INPUT_COLUMNS[1:]})
+    return out or None
+
+
+def _stop_callback(stop_flag: Callable[[], bool]):
+    import torch  # noqa: PLC0415
+    import torch.distributed as dist  # noqa: PLC0415
+    from transformers import TrainerCallback  # noqa: PLC0415
+
+    class StopOnFlag(TrainerCallback):
+        """Save and stop at the first step boundary after USR2, on every rank at the same step."""
+
+        stopped = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            flag = torch.tensor([1.0 if stop_flag() else 0.0])
+            if dist.is_available() and dist.is_initialized():
+                if dist.get_backend() == "nccl":
+                    flag = flag.cuda()
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # USR2 reaches ranks at different steps
+            if flag.item() > 0:
+                control.should_save = True
+                control.should_training_stop = True
+                StopOnFlag.stopped = True
+            return control
+
+    return StopOnFlag()
+
+
+def train(cfg: VdrTrainConfig, dataset_dir: Path, out_dir: Path, seed: int = 0,
+          stop_flag: Callable[[], bool] = lambda: False, log=None, rank: int = 0,
+          mined_negatives: Path | None = None) -> dict[str, Any]:
+    """Fine-tune (or resume) and publish `out_dir/final`; returns the stats rank 0 records."""
+    import torch  # noqa: PLC0415
+    from datasets import load_from_disk  # noqa: PLC0415
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415
+    from sentence_transformers.base.sampler import BatchSamplers  # noqa: PLC0415
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer  # noqa: PLC0415
+    from sentence_transformers.sentence_transformer.training_args import (  # noqa: PLC0415
+        SentenceTransformerTrainingArguments)
+
+    result_path = out_dir / RESULT_FILE
+    if result_path.exists() and (out_dir / FINAL_DIR).is_dir():  # done before, marker lost: same answer
+        return {**json.loads(result_path.read_text()), "stopped_early": False}
+
+    cuda = torch.cuda.is_available()
+    train_ds = load_from_disk(str(dataset_dir))["train"]
+    if mined_negatives is not None:
+        from ain.vdr.mining import apply_mined_negatives  # noqa: PLC0415
+
+        train_ds = apply_mined_negatives(train_ds, mined_negatives)
+    train_ds = train_ds.select_columns(INPUT_COLUMNS)
+    model = SentenceTransformer(cfg.model, device=f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu",
+                                model_kwargs={"dtype": torch.float32})  # fp32 weights; bf16 is autocast only
+    loss = build_loss(model, cfg)
+    ckpt_dir = out_dir / "ckpt"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(ckpt_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio (warmup_ratio is deprecated)
+        weight_decay=cfg.weight_decay, bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing,
+        batch_sampler=BatchSamplers(cfg.batch_sampler),  # config values are the enum's values
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps, seed=seed, data_seed=seed, dataloader_num_workers=cfg.dataloader_workers,
+        dataloader_drop_last=world > 1,  # an uneven last batch hangs DDP
+        report_to="none", use_cpu=not cuda, ddp_backend="gloo" if world > 1 and not cuda else None,
+        prompts=prompts(cfg),
+        disable_tqdm=True)
+    callback = _stop_callback(stop_flag)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, loss=loss,
+                                         callbacks=[callback])
+    resume = last_checkpoint(ckpt_dir)
+    resumed_from = 0
+    if resume is not None:
+        resumed_from = json.loads((resume / "trainer_state.json").read_text()).get("global_step", 0)
+        if log:
+            log.info("resuming from %s (step %d)", resume, resumed_from)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    stats = {"steps": trainer.state.global_step, "resumed_from_step": resumed_from,
+             "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+             "train_queries": len(train_ds), "world_size": world}
+    if type(callback).stopped:
+        return {**stats, "stopped_early": True}
+    if rank == 0:  # publish the final model atomically, then the result that says it is complete
+        for stale in out_dir.glob(".final-*"):  # left by a killed attempt
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out_dir))
+        try:
+            model.save(str(tmp / "model"))
+            final = out_dir / FINAL_DIR
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp / "model", final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        atomic_write_json(out_dir / "log_history.json", trainer.state.log_history)
+        atomic_write_json(result_path, stats)
+    return {**stats, "stopped_early": False}
+
+
+def run_train_task(ctx: TaskContext) -> dict[str, Any]:
+    import submitit  # noqa: PLC0415
+
+    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    stop = threading.Event()
+    signal.signal(signal.SIGUSR2, lambda signum, frame: stop.set())  # only a flag: all ranks must save
+    ctx.log.info("rank %d/%d (local %d), master %s:%s", env.rank, env.world_size, env.local_rank,
+                 env.master_addr, env.master_port)
+    cfg: VdrTrainConfig = ctx.stage_cfg
+    out = ctx.paths.out
+    mined = None
+    if cfg.mining.enabled:
+        from ain.vdr.mining import ensure_mined_negatives  # noqa: PLC0415
+
+        mined = ensure_mined_negatives(cfg, ctx.upstream("vdr_prepare").out / DATASET_DIR, out, rank=env.rank,
+                                       log=ctx.log)
+    result = train(cfg, ctx.upstream("vdr_prepare").out / DATASET_DIR, out, seed=ctx.cfg.seed,
+                   stop_flag=stop.is_set, log=ctx.log, rank=env.rank, mined_negatives=mined)
+    if result["stopped_early"]:
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        if restarts >= ctx.cfg.cluster.max_requeues:
+            raise RuntimeError(f"training interrupted after {restarts} requeues (cluster.max_requeues); "
+                               f"checkpoint at step {result['steps']} in {out / 'ckpt'}")
+        if env.rank == 0 and os.environ.get("SLURM_JOB_ID"):
+            ctx.log.warning("checkpointed at step %d after USR2: requeueing job %s", result["steps"],
+                            os.environ["SLURM_JOB_ID"])
+            subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=True, timeout=60)
+        raise Requeued(0)
+    return {"items": result["train_queries"], "rank": env.rank, "model": str(out / FINAL_DIR),
+            **{k: v for k, v in result.items() if k != "stopped_early"}}

@@ -1,0 +1,78 @@
+"""The embedding track's configuration: recipes load and validate, derived fields, every field
+documented, mistakes named by key."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ain.config import ConfigError, _field_docs, load_config
+from ain.vdr import config as vc
+
+
+def test_every_vdr_config_field_has_a_docstring():
+    for cls in (vc.VdrPrepareConfig, vc.HardNegativeMiningConfig, vc.VdrTrainConfig, vc.LeaderboardModel,
+                vc.VdrEvalConfig, vc.VdrReportConfig):
+        docs = _field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not missing, (cls.__name__, missing)
+
+
+def test_vdr_ar_is_the_blogs_recipe(chdir_root):
+    cfg = load_config(["recipe=vdr_ar", "cluster=local", "cluster.max_gpus_per_node=8",
+                       "cluster.max_cpus_per_node=64"], check_paths=False)
+    assert cfg.stages == ["vdr_prepare", "vdr_train", "vdr_eval", "vdr_report"]
+    t = cfg.vdr_train
+    assert (t.model, t.loss, t.mini_batch_size, t.batch_size, t.lr, t.warmup_ratio) == (
+        "Qwen/Qwen3-VL-Embedding-2B", "cached_mnrl", 2, 64, 2e-5, 0.1)
+    assert t.matryoshka_dims == [2048, 1536, 1024, 512, 256, 128, 64]
+    assert t.bf16 and t.gradient_checkpointing and t.batch_sampler == "no_duplicates" and t.save_total_limit == 1
+    assert cfg.vdr_prepare.source == "UBC-NLP/PEARL-FULL" and cfg.vdr_prepare.num_queries == 50000
+    assert cfg.vdr_eval.num_tasks == len(cfg.vdr_eval.models) == 8            # derived: one task per model
+    assert {m.path for m in cfg.vdr_eval.models} >= {vc.FINETUNED, "Qwen/Qwen3-VL-Embedding-2B"}
+
+
+def test_vdr_smoke_loads_with_absolute_paths(chdir_root, tmp_path):
+    from ain.vdr.fixtures import write_pearl_fixture
+
+    pearl = write_pearl_fixture(tmp_path / "pearl")
+    cfg = load_config(["recipe=vdr_smoke", f"vdr_prepare.source={pearl}"], check_paths=False)
+    assert cfg.vdr_eval.num_tasks == 2 and cfg.vdr_train.resources.tasks_per_node == 2
+    assert cfg.vdr_eval.models[1].path.startswith("/") or not (chdir_root / ".cache/tiny/vdr_embedder").exists()
+
+
+@pytest.mark.parametrize("argv, key", [
+    (["vdr_train.matryoshka_dims=[16,32,64]"], "vdr_train.matryoshka_dims"),   # not largest first
+    (["vdr_train.loss=triplet"], "vdr_train.loss"),
+    (["vdr_train.save_total_limit=0"], "vdr_train.save_total_limit"),
+    (["vdr_train.resources.nodes=2"], "vdr_train.resources.nodes"),
+    (["vdr_prepare.num_queries=20", "vdr_prepare.dev_queries=10", "vdr_prepare.test_queries=10"],
+     "vdr_prepare.num_queries"),
+    (["vdr_prepare.bad_rows=ignore"], "vdr_prepare.bad_rows"),
+    (["vdr_report.split=train"], "vdr_report.split"),
+    (["vdr_eval.models=[]"], "vdr_eval.models"),
+    (["vdr_prepare.source_format=parquet", "vdr_prepare.source=/nonexistent/pearl"], "vdr_prepare.source"),
+])
+def test_mistakes_name_their_key(chdir_root, argv, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(["recipe=vdr_smoke", "cluster=local", *argv], check_paths=True)
+    assert key in str(err.value)
+
+
+def test_submit_embed_defaults_to_vdr_ar_and_user_recipe_wins(chdir_root, tmp_path):
+    import subprocess
+    import sys
+
+    from ain.vdr.tiny_model import ensure_tiny_vdr_embedder
+
+    ensure_tiny_vdr_embedder(chdir_root / ".cache/tiny/vdr_embedder")  # the smoke recipe's model must exist
+    ar = subprocess.run([sys.executable, "jobs/submit_embed.py", "cluster=localslurm", f"runs_root={tmp_path}",
+                         "--dry-run"], capture_output=True, text=True, cwd=chdir_root)
+    assert ar.returncode == 2 and "vdr_train.resources.gpus_per_node" in ar.stderr   # 4 GPUs: not here
+    smoke = subprocess.run([sys.executable, "jobs/submit_embed.py", "recipe=vdr_smoke", "cluster=localslurm",
+                            f"runs_root={tmp_path}", "vdr_prepare.source_format=auto", "--dry-run"],
+                           capture_output=True, text=True, cwd=chdir_root)
+    assert smoke.returncode == 0, smoke.stderr
+    assert "vdr_train: 1 tasks" in smoke.stdout and "vdr_eval: 2 tasks" in smoke.stdout
+    assert not list(tmp_path.iterdir())  # a dry run creates nothing

@@ -1,0 +1,199 @@
+"""vdr_prepare on a PEARL-shaped fixture: sampling keeps category proportions, dedup by caption,
+every negative obeys its rule and is never the positive, splits share no image, the metadata pass
+never reads the image column, bad rows are reported with file and row."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ain.vdr import prepare as prep
+from ain.vdr.config import VdrPrepareConfig
+from ain.vdr.fixtures import CATEGORIES, fixture_rows, write_pearl_fixture
+
+
+@pytest.fixture(scope="module")
+def pearl(tmp_path_factory) -> Path:
+    return write_pearl_fixture(tmp_path_factory.mktemp("pearl"))
+
+
+@pytest.fixture(scope="module")
+def prepared(pearl, tmp_path_factory):
+    cfg = VdrPrepareConfig(source=str(pearl), num_queries=120, dev_queries=12, test_queries=12)
+    out = tmp_path_factory.mktemp("out")
+    stats = prep.prepare(cfg, out, seed=0)
+    from datasets import load_from_disk
+
+    return cfg, stats, load_from_disk(str(out / prep.DATASET_DIR)), out
+
+
+def _meta(pearl, counts=None):
+    cfg = VdrPrepareConfig(source=str(pearl))
+    files, fs = prep.source_files(cfg)
+    return prep.read_metadata(cfg, files, fs, counts if counts is not None else Counter())
+
+
+def test_metadata_pass_never_reads_the_image_column(pearl, monkeypatch):
+    requested: list = []
+    real = prep._parquet
+
+    class Spy:
+        def __init__(self, pf):
+            self.pf = pf
+
+        def __getattr__(self, name):
+            attr = getattr(self.pf, name)
+            if name in ("iter_batches", "read", "read_row_group", "read_row_groups"):
+                def wrapped(*args, columns=None, **kwargs):
+                    requested.append(columns)
+                    return attr(*args, columns=columns, **kwargs)
+                return wrapped
+            return attr
+
+    monkeypatch.setattr(prep, "_parquet", lambda fs, path: Spy(real(fs, path)))
+    rows = _meta(pearl)
+    assert len(rows) == len(fixture_rows())
+    assert requested and all(cols is not None and "image" not in cols for cols in requested), requested
+
+
+def test_dedup_by_caption_and_stratified_sampling_keeps_proportions(pearl):
+    rows = _meta(pearl)
+    images = prep.dedup_images(rows)
+    assert len(images) == len({r["augmented_caption"] for r in fixture_rows()})
+    share = Counter(r.category for r in rows)
+    for n in (36, 90, 150):
+        sample = prep.stratified_sample(rows, n, seed=1)
+        got = Counter(r.category for r in sample)
+        assert len(sample) == n and len({(r.query, r.caption) for r in sample}) == n
+        for cat in CATEGORIES:
+            assert abs(got[cat] - n * share[cat] / len(rows)) < 1.0, (cat, got[cat], n * share[cat] / len(rows))
+    with pytest.raises(ValueError, match="num_queries"):
+        prep.stratified_sample(rows, len(rows) + 1, seed=0)
+
+
+def test_allocate_is_exact_and_proportional():
+    assert prep.allocate(10, {"a": 1, "b": 1, "c": 2}) == {"a": 3, "b": 2, "c": 5}  # tie on .5: by key
+    assert prep.allocate(999, {"x": 5000, "y": 3000, "z": 2000}) == {"x": 499, "y": 300, "z": 200}
+    assert prep.allocate(5, {"x": 0, "y": 0}) == {"x": 0, "y": 0}
+
+
+def test_splits_have_exact_sizes_stratified_and_share_no_image(prepared):
+    cfg, stats, dd, _ = prepared
+    assert (len(dd["dev"]), len(dd["test"])) == (12, 12)
+    assert len(dd["train"]) + 24 + stats["counts"].get("dropped_split_overflow", 0) == 120
+    ids, blobs = {}, {}
+    for split in prep.SPLITS:
+        rows = dd[split]
+        metas = rows["metadata"]
+        ids[split] = {m["image_id"] for m in metas} | {n for m in metas for n in m["negative_ids"]}
+        # the bytes too, not just the ids: no image content crosses splits
+        blobs[split] = {hashlib.sha256(img.tobytes()).hexdigest() for col in ("image", "negative_0", "negative_3")
+                        for img in rows[col]}
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        assert not ids[a] & ids[b] and not blobs[a] & blobs[b], (a, b)
+    # dev/test keep the sample's category mix (within one query per category)
+    sampled = {c: v["sampled"] for c, v in stats["categories"].items()}
+    for split, n in (("dev", 12), ("test", 12)):
+        got = Counter(m["category"] for m in dd[split]["metadata"])
+        for cat, k in sampled.items():
+            assert abs(got[cat] - n * k / 120) <= 1.0, (split, cat)
+
+
+def test_every_negative_obeys_its_rule_and_is_never_the_positive(prepared, pearl):
+    _, stats, dd, _ = prepared
+    images = prep.dedup_images(_meta(pearl))
+    fallbacks = 0
+    for split in prep.SPLITS:
+        for row in dd[split]:
+            m = row["metadata"]
+            pos = images[m["image_id"]]
+            assert pos.caption == m["caption"] and pos.category == m["category"]
+            assert len(set(m["negative_ids"])) == 4 and m["image_id"] not in m["negative_ids"]
+            for k, (nid, rule) in enumerate(zip(m["negative_ids"], m["negative_rules"])):
+                assert rule in (prep.NEGATIVE_RULES[k], "random_fallback"), (k, rule)
+                assert prep.rule_holds(rule, pos, images[nid]), (split, k, rule)
+                fallbacks += rule == "random_fallback"
+    # the train pool is large enough for every rule; fallbacks are counted in the card
+    assert not any(k.startswith("train_") and k.endswith("_fallbacks") for k in stats["counts"])
+    assert fallbacks == sum(v for k, v in stats["counts"].items() if k.endswith("_fallbacks"))
+
+
+def test_rule_holds_rejects_violations():
+    a = prep.ImageRef("a", 0, 0, "Food", "Egypt", "x")
+    same_cat = prep.ImageRef("b", 0, 1, "Food", "Jordan", "y")
+    same_country = prep.ImageRef("c", 0, 2, "Music", "Egypt", "z")
+    assert prep.rule_holds("same_category", a, same_cat) and not prep.rule_holds("same_category", a, same_country)
+    assert prep.rule_holds("same_country_other_category", a, same_country)
+    assert not prep.rule_holds("same_country_other_category", a, same_cat)
+    assert not prep.rule_holds("random", a, a)
+    assert not prep.rule_holds("random", a, prep.ImageRef("d", 1, 0, "Food", "Egypt", "x"))  # caption twin
+
+
+def test_image_pass_reads_only_needed_row_groups_and_card_records_counts(pearl, tmp_path):
+    cfg = VdrPrepareConfig(source=str(pearl), num_queries=12, dev_queries=2, test_queries=2)
+    stats = prep.prepare(cfg, tmp_path, seed=0)
+    assert stats["counts"]["image_row_groups_skipped"] > 0
+    card = (tmp_path / prep.DATASET_DIR / "README.md").read_text()
+    assert "| train | 8 |" in card and "| dev | 2 |" in card and "unique_images" in card
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left behind
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def test_bad_rows_name_file_row_and_reason(tmp_path):
+    rows = fixture_rows()[:120]
+    rows[5] = {**rows[5], "category": "  "}
+    _write(tmp_path / "bad.parquet", rows)
+    cfg = VdrPrepareConfig(source=str(tmp_path / "bad.parquet"), num_queries=10, dev_queries=1, test_queries=1)
+    with pytest.raises(ValueError, match=r"bad\.parquet: row 5: empty category"):
+        prep.prepare(cfg, tmp_path / "out")
+    cfg.bad_rows = "skip"
+    stats = prep.prepare(cfg, tmp_path / "out")
+    assert stats["counts"]["skipped_bad_rows"] == 1
+
+    _write(tmp_path / "nocol.parquet", [{k: v for k, v in r.items() if k != "country"} for r in rows])
+    with pytest.raises(ValueError, match=r"nocol\.parquet: missing column\(s\) \['country'\]"):
+        prep.prepare(VdrPrepareConfig(source=str(tmp_path / "nocol.parquet"), num_queries=10, dev_queries=1,
+                                      test_queries=1), tmp_path / "out2")
+
+    broken = [dict(r) for r in fixture_rows()[:120]]
+    for r in broken:
+        r["image"] = {"bytes": b"not a png", "path": None}
+    _write(tmp_path / "img.parquet", broken)
+    with pytest.raises(ValueError, match=r"img\.parquet: row \d+: image bytes do not decode"):
+        prep.prepare(VdrPrepareConfig(source=str(tmp_path / "img.parquet"), num_queries=10, dev_queries=1,
+                                      test_queries=1), tmp_path / "out3")
+    assert not (tmp_path / "out3" / prep.DATASET_DIR).exists()  # nothing half-written
+
+
+def test_hub_source_reads_through_a_remote_filesystem(pearl, tmp_path, monkeypatch):
+    """A hub id goes through HfFileSystem (range reads); here an in-memory fsspec filesystem
+    stands in for it, so the glob, open and column projection are the hub code path."""
+    import fsspec
+    import huggingface_hub
+
+    mem = fsspec.filesystem("memory")
+    for p in sorted(pearl.glob("*.parquet")):
+        mem.pipe(f"/datasets/UBC-NLP/PEARL-FULL/data/{p.name}", p.read_bytes())
+    mem.pipe("/datasets/UBC-NLP/PEARL-FULL/README.md", b"card")
+
+    class FakeHub:
+        def glob(self, pattern):
+            return [p.lstrip("/") for p in mem.glob("/" + pattern)]
+
+        def open(self, path, mode="rb"):
+            return mem.open("/" + path, mode)
+
+    monkeypatch.setattr(huggingface_hub, "HfFileSystem", FakeHub)
+    cfg = VdrPrepareConfig(source="UBC-NLP/PEARL-FULL", num_queries=30, dev_queries=3, test_queries=3)
+    files, _ = prep.source_files(cfg)
+    assert files == [f"datasets/UBC-NLP/PEARL-FULL/data/{p.name}" for p in sorted(pearl.glob("*.parquet"))]
+    stats = prep.prepare(cfg, tmp_path, seed=0)
+    assert stats["splits"]["dev"] == 3 and stats["counts"]["source_rows"] == len(fixture_rows())

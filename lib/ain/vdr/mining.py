@@ -119,15 +119,7 @@ def apply_mined_negatives(ds, path: Path):
     raw = ds
     for col in IMAGE_COLUMNS:
         raw = raw.cast_column(col, Image(decode=False))
-    by_id: dict[str, Any] = {}
-    captions: dict[str, str] = {}
-    for row in raw:
-        meta = row["metadata"]
-        by_id.setdefault(meta["image_id"], row["image"])
-        captions[meta["image_id"]] = meta["caption"]
-        for k, (nid, cap) in enumerate(zip(meta["negative_ids"], meta["negative_captions"])):
-            by_id.setdefault(nid, row[f"negative_{k}"])
-            captions[nid] = cap
+    _, by_id, captions = pool_of(raw)
 
     def swap(row):
         meta = dict(row["metadata"])

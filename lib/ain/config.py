@@ -600,15 +600,20 @@ def safety_judges_share_endpoint(safety: SafetyConfig) -> bool:
     return (safety.vision_judge.model, safety.vision_judge.server) == (safety.text_judge.model, safety.text_judge.server)
 
 
-def judges(cfg: RunConfig) -> dict[str, tuple[JudgeConfig, list[str]]]:
-    """Judge name -> (its config, the listed stages that call it). One shared server per judge."""
+def judges(cfg: RunConfig, run_root: Optional[Path] = None) -> dict[str, tuple[JudgeConfig, list[str]]]:
+    """Judge name -> (its config, the listed stages that call it). One shared server per judge.
+    With `run_root`, also the model under evaluation when eval.backend is endpoint (its default
+    model path is inside the run directory)."""
     safety = [s for s in cfg.stages if s == "safety"]
     users = {"translator": (cfg.translate.translator, [s for s in cfg.stages if s in ("translate", "verify")]),
              "vision_judge": (cfg.safety.vision_judge, safety)}
     if not safety_judges_share_endpoint(cfg.safety):
         users["text_judge"] = (cfg.safety.text_judge, safety)
+    evaluating = [s for s in cfg.stages if s == "eval"]
     if cfg.eval.judge.model:  # the LLM judge of CAMEL-Bench's open-ended sets
-        users["eval_judge"] = (cfg.eval.judge, [s for s in cfg.stages if s == "eval"])
+        users["eval_judge"] = (cfg.eval.judge, evaluating)
+    if cfg.eval.backend == "endpoint" and run_root is not None:
+        users["eval_model"] = (cfg.eval.model_endpoint(run_root), evaluating)
     return {name: (judge, stages) for name, (judge, stages) in users.items() if stages}
 
 

@@ -108,3 +108,18 @@ def test_endpoint_backend_asks_the_same_prompts_through_transformers_serve(slurm
     data = json.loads((run.root / "report/eval.json").read_text())
     assert data["arabic_mmlu"]["generation_based"] is True
     assert "generation-based on the endpoint backend" in (run.root / "report/eval.md").read_text()
+
+
+def test_endpoint_backend_with_one_shared_server(slurm_run):
+    """eval.endpoint.server.mode=shared: one server job serves the model under evaluation to the
+    whole array (tasks find it through the run directory) and stops when the array is done."""
+    r = slurm_run("recipe=eval_smoke", "eval.backend=endpoint", "eval.datasets=[mme,foodvqa]",
+                  "eval.endpoint.server.mode=shared", "eval.endpoint.server.host=0.0.0.0",
+                  "eval.endpoint.server.shared_resources={cpus_per_task: 1, gpus_per_node: 0, mem_gb: 1, time_min: 30}")
+    run, report = r.launch()
+    assert [s.stage for s in report] == ["eval", "serve:eval_model", "eval_report"]
+    r.wait(run, timeout_s=300)
+    assert len(run.stage("eval").done_indices()) == 2 and run.stage("eval_report").done_indices() == {0}
+    assert {p["backend"] for p in predictions(run, 0)} == {"endpoint"}
+    assert not list(run.stage("eval").logs.glob("eval_model.server.*.log"))       # no server per task
+    assert list((run.root / "serve").glob("eval_model.shared-server.*.log"))

@@ -7,6 +7,7 @@ only choose what to run and how.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,12 @@ class EvalConfig:
     def registry_path(self) -> Path:
         path = Path(self.registry_dir)
         return path if path.is_absolute() else PROJECT_ROOT / path
+
+    def model_endpoint(self, run_root: "Path | str") -> JudgeConfig:
+        """The endpoint backend's server settings with the model under evaluation filled in
+        (the checkpoint, else this run's export), for the eval tasks and a shared server alike."""
+        model = self.endpoint.model or self.checkpoint or str(Path(run_root) / "stages" / "export" / "out" / "model")
+        return dataclasses.replace(self.endpoint, model=model)
 
     def resolve(self, cfg: "RunConfig") -> None:
         """Fill derived fields (called by load_config before validation): absolute local paths

@@ -73,7 +73,7 @@ def open_backend(ctx: TaskContext) -> Iterator[Any]:
     from ain.serve.client import ChatClient, ResponseCache  # noqa: PLC0415
     from ain.serve.server import endpoint  # noqa: PLC0415
 
-    judge = dataclasses.replace(cfg.endpoint, model=cfg.endpoint.model or model)
+    judge = cfg.model_endpoint(ctx.run.root)
     with endpoint(judge, ctx.run.root, "eval_model", ctx.paths.logs) as ep, \
             ResponseCache(ctx.paths.state / f"responses-{ctx.index:05d}.jsonl") as cache:
         yield EndpointBackend(ChatClient.from_judge(judge, ep, cache=cache))

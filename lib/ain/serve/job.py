@@ -34,7 +34,7 @@ class SharedServerTask(submitit.helpers.Checkpointable):
 
         run = RunDir(self.run_root)
         cfg = run.load_config()
-        judge, stages = judges(cfg)[self.judge_name]
+        judge, stages = judges(cfg, run.root)[self.judge_name]
         log = task_logger("serve", 0)
         bin_dir = os.path.dirname(sys.executable)  # `vllm`/`transformers` of this environment
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")

@@ -193,7 +193,7 @@ class Launcher:
         or running."""
         from ain.serve.job import SharedServerTask  # noqa: PLC0415 (only when a judge is shared)
 
-        for name, (judge, stages) in judges(self.cfg).items():
+        for name, (judge, stages) in judges(self.cfg, self.run.root.resolve()).items():
             pseudo = f"serve:{name}"
             if stage not in stages or judge.server.mode != "shared" or active_elements(self.run, [pseudo]):
                 continue
@@ -235,7 +235,7 @@ class Launcher:
         return job_id, elements
 
     def _launch_local(self) -> list[StageLaunch]:
-        shared = [name for name, (judge, _) in judges(self.cfg).items() if judge.server.mode == "shared"]
+        shared = [name for name, (judge, _) in judges(self.cfg, self.run.root.resolve()).items() if judge.server.mode == "shared"]
         if shared:
             raise ConfigError(f"judge(s) {shared}: server.mode=shared needs Slurm (a server job beside the "
                               "client arrays); on this machine use per_task or external")

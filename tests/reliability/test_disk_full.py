@@ -19,6 +19,7 @@ from ain.atomic import ResumableJsonl, atomic_write_bytes
 from ain.data.shards import iter_shard, verify_shard
 from ain.rundir import RunDir
 from tests.unit.test_pack import digests, ingested, make_cfg, make_run, pack_out, run_task  # noqa: F401
+from tests.unit.test_train_loop import _run, vl_setup  # noqa: F401
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 
@@ -116,3 +117,35 @@ def test_pack_on_a_full_disk_leaves_no_valid_looking_shard_then_rerun_is_exact(i
         filler.unlink()
         run_task(root, cfg, 0)
         assert digests(out) == digests(pack_out(clean))
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+def test_deepspeed_checkpoint_on_a_full_disk_fails_clearly_and_the_previous_one_resumes(vl_setup):  # noqa: F811
+    """A real ZeRO-3 save runs out of space: the checkpoint directory is a tmpfs with room for one
+    checkpoint and a half, so step 2's save fits and step 4's does not. The job fails with
+    CheckpointWriteError naming the checkpoint and the tag `latest` still names; `latest` stays on
+    step 2. After the disk is grown (remount), the re-run deletes the half-written step 4, resumes
+    from step 2 and its losses equal an uninterrupted run's."""
+    root = vl_setup
+    full = _run(root, "df_full", 3, 6, "ckpt_df_full", save_every=2)
+    one_checkpoint = _tree_bytes(root / "ckpt_df_full" / "step4")  # step2 was pruned (keep 2)
+    size_kb = int(one_checkpoint * 1.5) // 1024 + 256  # + room for metrics, sample ids, TensorBoard
+    with small_disk(root / "ckpt_df", size_kb) as disk:
+        failed = _run(root, "df_fail", 3, 6, "ckpt_df", save_every=2, expect_rc=1)
+        assert "CheckpointWriteError" in failed["stderr"], failed["stderr"][-3000:]
+        message = failed["stderr"][failed["stderr"].index("CheckpointWriteError"):]
+        assert f"{disk / 'step4'} could not be written" in message and "MB free on that filesystem" in message
+        assert "`latest` still names step2" in message
+        assert (disk / "latest").read_text() == "step2"
+
+        subprocess.run(["mount", "-o", f"remount,size={size_kb * 4}k", str(disk)], check=True)
+        resumed = _run(root, "df_resumed", 3, 6, "ckpt_df", save_every=2)
+        assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 6
+        assert max(abs(x - y) for x, y in zip(resumed["losses"], full["losses"][2:])) <= 1e-5
+        assert (disk / "latest").read_text() == "step6"
+        assert sorted(p.name for p in disk.glob("step*")) == ["step4", "step6"]
+        assert _tree_bytes(disk / "step4") == one_checkpoint  # rewritten whole, not the torn one

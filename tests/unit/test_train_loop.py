@@ -17,7 +17,7 @@ import pytest
 
 from ain.data.shards import ShardWriter, read_manifest
 from ain.train.collate import pack_rows
-from ain.train.loop import StreamPacker
+from ain.train.loop import StreamPacker, discard_unadopted, prune_checkpoints, write_latest
 from ain.train.stream import ShardDataset, StateTracker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,6 +123,19 @@ def test_resume_detects_changed_data(tmp_path):
         _rows(_packer(tmp_path, manifest, state=state, buffer=8))
 
 
+def test_unadopted_checkpoints_are_discarded_and_pruning_keeps_the_newest(tmp_path):
+    for step in (2, 4, 6, 8, 10):
+        (tmp_path / f"step{step}").mkdir()
+        (tmp_path / f"step{step}" / "model.pt").write_bytes(b"x")
+    (tmp_path / "stepx").mkdir()  # not a checkpoint tag: never touched
+    write_latest(tmp_path, "step6")
+    assert discard_unadopted(tmp_path) == ["step8", "step10"]  # saves that never moved `latest`
+    prune_checkpoints(tmp_path, keep=2, current="step6")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step4", "step6", "stepx"]
+    (tmp_path / "latest").unlink()
+    assert discard_unadopted(tmp_path) == ["step4", "step6"]   # nothing adopted: nothing is loadable
+
+
 # ------------------------------------------------------------------------------ DeepSpeed (slow)
 TEXTS = ["What colour is the square?", "The square is red.", "ما لون المربع؟", "المربع أحمر.",
          "Describe the picture in detail.", "A blue rectangle on a plain background, nothing else.",
@@ -214,7 +227,7 @@ def _run(root: Path, name: str, zero_stage: int, max_steps: int, out: str, stop_
     proc = subprocess.run([sys.executable, str(root / "driver.py"), str(root / f"{name}.args.json")],
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == expect_rc, proc.stderr[-4000:]
-    return json.loads((root / f"{name}.json").read_text()) if expect_rc == 0 else {}
+    return json.loads((root / f"{name}.json").read_text()) if expect_rc == 0 else {"stderr": proc.stderr}
 
 
 def _jsonl(path: Path) -> list[dict]:

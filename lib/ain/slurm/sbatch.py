@@ -44,6 +44,10 @@ def slurm_parameters(cluster: ClusterConfig, job_name: str, res: Resources,
     additional: dict[str, Any] = {"kill-on-invalid-dep": "yes"}
     additional.update({k: (True if v in ("", None) else v) for k, v in cluster.extra_sbatch.items()})
     params["additional_parameters"] = additional
+    if res.nodes * res.tasks_per_node > 1:
+        # One rank that dies (disk full, OOM) takes the others down instead of leaving them at a
+        # collective until the time limit.
+        params["srun_args"] = ["--kill-on-bad-exit=1"]
     if dependency:
         params["dependency"] = "afterok:" + ":".join(dependency)
     return params

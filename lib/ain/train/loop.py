@@ -35,7 +35,9 @@ when `stop_flag()` is true on ANY rank (flags are all-reduced every step: a sign
 sets a flag), and at the end. `engine.save_checkpoint(out_dir, tag="step<n>", client_state=
 {"step", "data": [per-rank data states, gathered]}, save_latest=False)`, a barrier, then rank 0
 writes `latest` via a temp file + rename (a crash mid-save never leaves `latest` pointing at an
-incomplete tag). On start, if out_dir/latest exists, the engine and the data state are loaded.
+incomplete tag). A save that fails on any rank (disk full) raises CheckpointWriteError on every
+rank with `latest` unmoved. On start, step dirs newer than `latest` (unfinished saves) are
+deleted, and if out_dir/latest exists, the engine and the data state are loaded.
 
 Ranks run in lock step: before each optimizer step every rank fetches its accum rows and the
 ranks all-reduce "got them all"; if one rank's share of the epoch is exhausted, all ranks move
@@ -48,6 +50,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -213,14 +216,34 @@ def write_latest(out_dir: Path, tag: str) -> None:
     os.replace(tmp, out_dir / LATEST)
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, quota, I/O error) on some rank."""
+
+
+def step_dirs(out_dir: Path) -> list[Path]:
+    """The step<n> checkpoint directories under out_dir, oldest first."""
+    return sorted((p for p in out_dir.glob("step*") if p.is_dir() and p.name[4:].isdigit()),
+                  key=lambda p: int(p.name[4:]))
+
+
+def discard_unadopted(out_dir: Path) -> list[str]:
+    """Delete step<n> directories newer than the one `latest` names (all of them if there is no
+    `latest`): a save that failed or was killed before `latest` moved. They are never loaded, but
+    left alone they would count towards keep_checkpoints and hold disk space that a full disk
+    needs back. Returns the deleted tags."""
+    pointer = out_dir / LATEST
+    adopted = int(pointer.read_text().strip()[4:]) if pointer.exists() else -1
+    removed = [p for p in step_dirs(out_dir) if int(p.name[4:]) > adopted]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in removed]
+
+
 def prune_checkpoints(out_dir: Path, keep: int, current: str) -> None:
     """Delete all but the newest `keep` step<n> checkpoints (never `current`, which `latest` names)."""
-    import shutil
-
     if keep <= 0:
         return
-    tags = sorted((p for p in out_dir.glob("step*") if p.is_dir() and p.name[4:].isdigit()),
-                  key=lambda p: int(p.name[4:]))
+    tags = step_dirs(out_dir)
     for old in tags[:-keep]:
         if old.name != current:
             shutil.rmtree(old, ignore_errors=True)
@@ -304,6 +327,9 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
     counters = {"samples_seen": 0, "rows": 0, "skipped": {}}
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
+        removed = discard_unadopted(out_dir)
+        if removed:
+            log.warning("removed unadopted checkpoint(s) %s in %s (a save that did not finish)", removed, out_dir)
     tdist.barrier()
     if (out_dir / LATEST).exists():
         tag = (out_dir / LATEST).read_text().strip()
@@ -365,8 +391,23 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
         gathered: list = [None] * world
         tdist.all_gather_object(gathered, mine)
         tag = f"step{step}"
-        engine.save_checkpoint(str(out_dir), tag=tag, client_state={"step": step, "data": gathered},
-                               save_latest=False)
+        try:
+            engine.save_checkpoint(str(out_dir), tag=tag, client_state={"step": step, "data": gathered},
+                                   save_latest=False)
+            error: Optional[BaseException] = None
+        except (OSError, RuntimeError) as exc:  # torch.save reports ENOSPC as a RuntimeError
+            error = exc
+        # Every rank learns that a save failed, so none waits at the next collective for a rank
+        # that is gone; `latest` does not move and still names the previous, complete checkpoint.
+        if flag(error is not None):
+            previous = (out_dir / LATEST).read_text().strip() if (out_dir / LATEST).exists() else "nothing"
+            reason = f"{type(error).__name__}: {error}" if error else "failed on another rank"
+            # torch.save reports a full disk as "unexpected pos ..."; the free space says what happened
+            free_mb = shutil.disk_usage(out_dir).free / 2**20
+            raise CheckpointWriteError(f"checkpoint {out_dir / tag} could not be written ({reason}; "
+                                       f"{free_mb:.1f} MB free on that filesystem); "
+                                       f"`latest` still names {previous}; free space and re-run to resume "
+                                       f"from it") from error
         if os.environ.get("AIN_FAIL_SAVE_AT_STEP") == str(step):  # fault injection: die mid-save
             log.error("AIN_FAIL_SAVE_AT_STEP=%d: exiting before `latest` moves", step)
             os._exit(17)

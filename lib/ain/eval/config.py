@@ -69,8 +69,10 @@ class EvalConfig:
     """endpoint backend: how to reach the model under evaluation (`model` empty: the checkpoint);
     server.command is vLLM on a cluster, `transformers serve` in tests."""
     judge: JudgeConfig = field(default_factory=lambda: _judge("", 16))
-    """LLM judge for the open-ended sets (vqav2, mtvqa, mathvista, geochat); model empty: those sets
-    keep their predictions and are reported as not scored."""
+    """LLM judge for the open-ended sets (vqav2, mtvqa, mathvista, geochat), and the fallback of the
+    registry's `judge_fallback` sets (MMBench choice matcher, MathVista answer extractor) for the
+    replies their rules cannot read; model empty: the open-ended sets keep their predictions and
+    are reported as not scored, unreadable MMBench/MathVista replies are scored wrong (counted)."""
     num_tasks: int = 0
     """Derived at load time: the number of evaluation units the registry yields for `benchmarks`."""
     resources: Resources = field(default_factory=lambda: Resources(

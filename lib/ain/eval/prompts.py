@@ -270,7 +270,8 @@ def mmbench_en(row, opts):
                 raise RowError(f"answer {gold!r} is not one of the option letters {letters}")
             g = LATIN[(letters.index(gold.strip()) - k) % len(options)]
         out.append(Question(f"{head}\n{_latin_options(rotated)}\n{MC_EN}", g, key=f"@{k}",
-                            meta={"options": rotated, "letters": list(LATIN[:len(options)])}))
+                            meta={"options": rotated, "letters": list(LATIN[:len(options)]),
+                                  "question": text(row, "question")}))  # for the choice matcher
     return out
 
 
@@ -331,7 +332,16 @@ def ai2d_en(row, opts):
 
 def mathvista_en(row, opts):
     q = text(row, "query") or text(row, "question")
-    meta = {"answer_type": row.get("answer_type"), "question_type": row.get("question_type")}
+    # question: the full query (hint and choices included) shown to the judge extractor;
+    # precision: decimal places a float answer is rounded to before comparing (official).
+    precision = None
+    if not missing(row.get("precision")):
+        try:
+            precision = int(float(row["precision"]))
+        except (TypeError, ValueError) as exc:
+            raise RowError(f"column 'precision': {row['precision']!r} is not a number") from exc
+    meta = {"answer_type": row.get("answer_type"), "question_type": row.get("question_type"), "question": q,
+            "precision": precision}
     if not missing(row.get("choices")):
         meta["options"] = option_list(row.get("choices"), "choices")
     return [Question(q, gold_of(row), meta=meta)]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import yaml
 
 from ain.eval.prompts import PROMPTS
-from ain.eval.scoring import METRICS, SCORERS
+from ain.eval.scoring import JUDGE_FALLBACKS, METRICS, SCORERS
 
 if TYPE_CHECKING:
     from ain.eval.config import EvalConfig
@@ -52,6 +52,9 @@ class DatasetSpec:
     max_new_tokens: int = 128
     tasks: dict[str, str] = field(default_factory=dict)
     """ArabicMMLU: task name -> category."""
+    judge_fallback: Optional[str] = None
+    """choice_matcher / answer_extractor: ask `eval.judge` when the scorer's rule step cannot read
+    a reply (ain.eval.scoring.JUDGE_FALLBACKS); None: the rule alone (unreadable = wrong)."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def _get(obj: Any, key: str, where: str, kind: type = str, default: Any = ...) -
 def _spec(entry: Any, where: str, family: str, defaults: dict[str, Any], **extra: Any) -> DatasetSpec:
     name = _get(entry, "name", where)
     where = f"{where}[{name}]"
-    allowed = {"name", "prompt", "scorer", "images", "threshold", "hub", "config", "split", "metric"}
+    allowed = {"name", "prompt", "scorer", "images", "threshold", "hub", "config", "split", "metric", "judge_fallback"}
     unknown = set(entry) - allowed
     if unknown:
         raise RegistryError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -125,11 +128,19 @@ def _spec(entry: Any, where: str, family: str, defaults: dict[str, Any], **extra
     metric = _get(entry, "metric", where, default="accuracy")
     if metric not in METRICS:
         raise RegistryError(f"{where}.metric: {metric!r}; known: {sorted(METRICS)}")
+    fallback = _get(entry, "judge_fallback", where, default=None)
+    if fallback is not None and fallback not in JUDGE_FALLBACKS:
+        raise RegistryError(f"{where}.judge_fallback: {fallback!r}; known: {sorted(JUDGE_FALLBACKS)}")
+    if fallback is not None and scorer not in JUDGE_FALLBACKS[fallback]:
+        # the fallback reuses the scorer's rule step and normalisation: other scorers have none
+        raise RegistryError(f"{where}.judge_fallback: {fallback} extends the scorers "
+                            f"{list(JUDGE_FALLBACKS[fallback])}, not {scorer!r}")
     hub = _get(entry, "hub", where, default=defaults.get("hub", "")).replace("{name}", name)
     return DatasetSpec(name=name, family=family, hub=hub, split=_get(entry, "split", where, default=defaults.get("split", "train")),
                        config=_get(entry, "config", where, default=defaults.get("config")), prompt=prompt, scorer=scorer,
                        metric=metric, images=images, threshold=threshold, image_side=defaults.get("image_side"),
-                       max_images=defaults.get("max_images"), max_new_tokens=defaults.get("max_new_tokens", 128), **extra)
+                       max_images=defaults.get("max_images"), max_new_tokens=defaults.get("max_new_tokens", 128),
+                       judge_fallback=fallback, **extra)
 
 
 def load_registry(root: Path | str) -> Registry:

@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from ain.atomic import atomic_write_json, atomic_write_text
 from ain.eval.registry import eval_units, load_registry
+from ain.eval.scoring import MATCH_PATHS
 from ain.eval.stage import read_scores
 from ain.stages import TaskContext
 
@@ -129,12 +130,32 @@ def render_markdown(data: dict[str, Any]) -> str:
         for name, v in data["english"].items():
             lines.append(f"| {name} | {v['metric']} | {v['items']} | {v['scored']} | {_fmt(v.get('score'))} | {_status(v)} |")
         lines.append("")
+    lines += _matching_section(data)
     lines += ["## Unscored items", ""]
     if data["unscored"]:
         lines += ["| Reason | Items |", "|---|---|"] + [f"| {r} | {n} |" for r, n in sorted(data["unscored"].items())]
     else:
         lines.append("None: every item had a gold answer and a verdict.")
     return "\n".join(lines) + "\n"
+
+
+def _matching_section(data: dict[str, Any]) -> list[str]:
+    """Per dataset with a judge_fallback: how many replies the rule read, the judge read, and how
+    many needed the judge and were scored wrong without a usable answer from it."""
+    matching = {name: v["matched_by"] for name, v in data["datasets"].items() if v.get("matched_by")}
+    if not matching:
+        return []
+    lines = ["## Answer matching", "",
+             "Replies read by rule first; those the rule cannot read go to the LLM judge (`eval.judge`: MMBench "
+             "choice matcher, MathVista answer extractor) as in the official pipelines. Items per path:", "",
+             "| Dataset | " + " | ".join(MATCH_PATHS.values()) + " |", "|---" * (len(MATCH_PATHS) + 1) + "|"]
+    for name, counts in matching.items():
+        lines.append(f"| {name} | " + " | ".join(str(counts.get(k, 0)) for k in MATCH_PATHS) + " |")
+    unmatched = sum(c.get("none", 0) for c in matching.values())
+    if unmatched:
+        lines += ["", f"No judge configured: {unmatched} item(s) needed it and were scored wrong "
+                  "(VLMEvalKit's exact-matching policy); set eval.judge to match them."]
+    return lines + [""]
 
 
 def _status(v: dict[str, Any]) -> str:

@@ -10,11 +10,18 @@ quirks included (kept on purpose so numbers compare with the published ones):
   - OCR: CER = edit_distance / max(len(pred), len(gold)) (its `fastcer`), correct if <= threshold.
 English rules: ChartQA relaxed accuracy (pix2struct/lmms-eval), MMMU's eval_utils
 (parse_multi_choice_response with a seeded random fallback, parse_open_response/eval_open),
-MMBench's `can_infer` (option letter, then option text; no GPT fallback here: an unparsable
-reply is wrong) with CircularEval, MME's yes/no parsing and its acc + acc+ score.
+MMBench's `can_infer` (option letter, then option text) with CircularEval, MME's yes/no parsing
+and its acc + acc+ score, MathVista's answer normalisation (calculate_score.py).
 
 A scorer is f(pred, gold, meta, ctx) -> bool; "judge" is not a function: the eval stage asks the
 LLM judge (ain.eval.stage) for those sets.
+
+LLM fallbacks (registry key `judge_fallback`, see JUDGE_FALLBACKS): the official MMBench and
+MathVista pipelines ask GPT when their rules cannot read a reply -- VLMEvalKit's choice matcher
+maps a free-form reply onto an option letter (or Z: none), MathVista's extractor pulls the final
+answer out of the reply. The pure parts live here (the rule step, the parsing of the judge's
+reply, the normalisation and comparison); the eval stage asks the judge only for the replies the
+rule step returns None for, then scores the judge's answer with the same functions.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ain.eval.prompts import ARABIC_LETTERS, LATIN
+from ain.eval.prompts import ARABIC_LETTERS, LATIN, missing
 
 
 @dataclass
@@ -158,11 +165,20 @@ def can_infer(answer: str, letters: list[str], options: list[str]) -> Optional[s
     return can_infer_option(answer, letters) or can_infer_text(answer, letters, options)
 
 
-def letter(pred, gold, meta=None, ctx=None) -> bool:
+def choice_options(meta: Optional[dict]) -> tuple[list[str], list[str]]:
+    """(letters, options) of a multiple-choice item; letters default to A-D as the datasets'."""
     meta = meta or {}
-    letters = meta.get("letters") or list("ABCD")
-    options = meta.get("options") or []
-    return can_infer(pred, letters, options) == gold.strip()
+    return list(meta.get("letters") or "ABCD"), [str(o) for o in (meta.get("options") or [])]
+
+
+def choice_by_rule(pred: str, meta: Optional[dict]) -> Optional[str]:
+    """The option letter `can_infer` reads in a reply, or None (the choice matcher's cue)."""
+    letters, options = choice_options(meta)
+    return can_infer(pred, letters, options)
+
+
+def letter(pred, gold, meta=None, ctx=None) -> bool:
+    return choice_by_rule(pred, meta) == gold.strip()
 
 
 def parse_multi_choice_response(response: str, all_choices: list[str], index2ans: dict[str, str],
@@ -292,24 +308,152 @@ def yes_no(pred, gold, meta=None, ctx=None) -> bool:
     return yes_no_parse(pred) == gold.strip().lower()
 
 
-def mathvista(pred, gold, meta=None, ctx=None) -> bool:
-    """Rule-based stand-in for MathVista's GPT answer extraction (documented deviation): an
-    option letter/text for multiple choice, else the last number (or the text) of the reply."""
+MATHVISTA_NUMERIC = ("integer", "float")
+
+
+def _last_list(text: str) -> Optional[str]:
+    found = re.findall(r"\[[^\[\]]*\]", text)
+    return found[-1] if found else None
+
+
+def mathvista_extract(pred: str, meta: Optional[dict]) -> Optional[str]:
+    """Rule-based answer extraction; None when it finds nothing usable (then the eval stage asks
+    the judge, as the official pipeline asks GPT):
+      - multiple choice: the reply itself when it is one of the options (the official shortcut),
+        else the option letter `can_infer` finds;
+      - integer / float: the last number in the reply;
+      - list: the last [...] in the reply;
+      - anything else (no answer_type): the stripped reply."""
     meta = meta or {}
+    reply = pred.strip()
+    if not reply:
+        return None
     options = meta.get("options")
     if options:
+        if reply in [str(o) for o in options]:
+            return reply
+        return can_infer(reply, list(LATIN[:len(options)]), [str(o) for o in options])
+    kind = meta.get("answer_type")
+    if kind in MATHVISTA_NUMERIC:
+        numbers = extract_numbers(reply)
+        return numbers[-1] if numbers else None
+    if kind == "list":
+        return _last_list(reply)
+    return reply
+
+
+def _most_similar(text: str, options: list[str]) -> str:
+    """The option at the smallest edit distance (the official get_most_similar; first on ties)."""
+    distances = [edit_distance(text, o) for o in options]
+    return options[distances.index(min(distances))]
+
+
+def _precision(meta: dict, gold: str) -> int:
+    """Decimal places of a float answer: the dataset's `precision` column, else the gold's own."""
+    if not missing(meta.get("precision")):
+        return int(float(meta["precision"]))
+    return len(gold.strip().split(".")[1]) if "." in gold else 0
+
+
+def mathvista_normalize(extraction: str, meta: Optional[dict], gold: str = "") -> Optional[str]:
+    """The official normalize_extracted_answer: a choice letter ("B" or "(B) ...") -> that option,
+    other text -> the most similar option; integer -> int(float(x)) (truncates, as the official
+    does); float -> rounded to the answer's precision; list -> without spaces. None when a number
+    cannot be read. Thousands separators are dropped first (our rule step keeps "1,000")."""
+    meta = meta or {}
+    text = extraction.strip()
+    options = [str(o) for o in (meta.get("options") or [])]
+    if options:
+        letter_in_parens = re.findall(r"\(([a-zA-Z])\)", text)
+        if letter_in_parens:
+            text = letter_in_parens[0].upper()
         letters = list(LATIN[:len(options)])
-        choice = can_infer(pred, letters, options)
-        return choice is not None and options[letters.index(choice)].strip() == gold.strip()
-    numbers = extract_numbers(pred)
+        if text in letters:
+            return options[letters.index(text)]
+        return text if text in options else _most_similar(text, options)
+    kind = meta.get("answer_type")
+    try:
+        if kind == "integer":
+            return str(int(float(text.replace(",", ""))))
+        if kind == "float":
+            return str(round(float(text.replace(",", "")), _precision(meta, gold)))
+    except ValueError:
+        return None
+    if kind == "list":
+        return re.sub(r"\s+", "", text)
+    return text
+
+
+def mathvista_match(extraction: Optional[str], gold: str, meta: Optional[dict]) -> bool:
+    """An extracted answer (rule or judge) against the gold, after the same normalisation.
+    Both sides are normalised (the official compares with the raw answer string, which is
+    already in normal form in MathVista). Without an answer_type (not MathVista's own data):
+    the last number within 1e-6 of a numeric gold, else case-insensitive equality."""
+    meta = meta or {}
+    if extraction is None or not extraction.strip():
+        return False
+    kind = meta.get("answer_type")
+    if meta.get("options"):
+        norm = mathvista_normalize(extraction, meta)
+        return norm is not None and norm.strip() == gold.strip()
+    if kind in MATHVISTA_NUMERIC or kind == "list":
+        norm, want = mathvista_normalize(extraction, meta, gold), mathvista_normalize(gold, meta, gold)
+        return norm is not None and norm == want
+    numbers = extract_numbers(extraction)
     if numbers and _is_number(gold):
         return abs(float(numbers[-1].replace(",", "")) - float(gold.replace(",", ""))) < 1e-6
-    return pred.strip().lower() == gold.strip().lower()
+    return extraction.strip().lower() == gold.strip().lower()
+
+
+def mathvista(pred, gold, meta=None, ctx=None) -> bool:
+    """MathVista scored by the rule step alone (the eval stage adds the judge extractor when the
+    registry's judge_fallback says so)."""
+    return mathvista_match(mathvista_extract(pred, meta), gold, meta)
 
 
 def letter_logprob(pred, gold, meta=None, ctx=None) -> bool:
     """ArabicMMLU: the prediction is already the argmax option (as a Latin index letter)."""
     return pred.strip() == gold.strip()
+
+
+# LLM fallbacks: the judge's side ------------------------------------------------------------------
+JUDGE_FALLBACKS: dict[str, tuple[str, ...]] = {"choice_matcher": ("mmbench", "letter"),
+                                                 "answer_extractor": ("mathvista",)}
+"""registry `judge_fallback` -> the scorers whose rule step it extends."""
+MATCH_PATHS: dict[str, str] = {
+    "rule": "rule",
+    "judge": "LLM judge",
+    "judge_invalid": "judge reply unreadable (wrong)",
+    "judge_rejected": "judge rejected the request (wrong)",
+    "none": "needed the judge, none configured (wrong)",
+}
+"""Values of a scored row's `matched_by` (judge_fallback sets) and their report labels."""
+NO_OPTION = "Z"
+"""The choice matcher's answer for "the reply means none of the options" (VLMEvalKit's Z)."""
+NO_ANSWER = "NO_ANSWER"
+"""The extractor's answer for "the reply states no answer"."""
+
+
+def parse_choice_reply(text: str, letters: list[str]) -> Optional[str]:
+    """The choice matcher's answer: one of `letters`, NO_OPTION, or None when the reply does not
+    name exactly one of them as a standalone letter (garbage: the item is scored wrong)."""
+    if NO_OPTION in letters:  # cannot happen with A..I options; refuse rather than misread
+        raise ValueError(f"option letters {letters} include the matcher's 'none' letter {NO_OPTION}")
+    return can_infer_option(text, [*letters, NO_OPTION])
+
+
+def parse_extraction(text: str) -> Optional[str]:
+    """The extractor's answer: the text after an optional "Extracted answer:" prefix, unquoted;
+    "" for NO_ANSWER (a valid verdict: no answer in the reply); None when empty (invalid)."""
+    answer = text.strip()
+    if answer.lower().startswith("extracted answer:"):
+        answer = answer[len("extracted answer:"):].strip()
+    answer = answer.splitlines()[0].strip() if answer else ""
+    if len(answer) >= 2 and answer[0] == answer[-1] and answer[0] in "\"'`":
+        answer = answer[1:-1].strip()
+    if not answer:
+        return None
+    return "" if answer.rstrip(".").upper() == NO_ANSWER else answer
 
 
 SCORERS: dict[str, Optional[Callable[..., bool]]] = {
@@ -375,8 +519,9 @@ METRICS = ("accuracy", "circular", "mme", "category_macro")
 
 
 def summarize(rows: list[dict], metric: str, categories: Optional[dict[str, str]] = None) -> dict[str, Any]:
-    """Per-dataset summary from scored rows {"id", "correct": bool|None, "reason"?, "group"?, "meta"}.
-    `status`: scored, or "answers withheld: not scored" when no item has a gold answer."""
+    """Per-dataset summary from scored rows {"id", "correct": bool|None, "reason"?, "group"?, "meta",
+    "matched_by"?}. `status`: scored, or "answers withheld: not scored" when no item has a gold
+    answer; `matched_by`: counts per answer-reading path (MATCH_PATHS) where rows carry one."""
     unscored: dict[str, int] = defaultdict(int)
     for r in rows:
         if r["correct"] is None:
@@ -385,6 +530,12 @@ def summarize(rows: list[dict], metric: str, categories: Optional[dict[str, str]
     out: dict[str, Any] = {"metric": metric, "items": len(rows), "scored": n_scored,
                            "correct": sum(bool(r["correct"]) for r in rows if r["correct"] is not None),
                            "unscored": dict(unscored)}
+    matched = defaultdict(int)  # which path read the answer (registry judge_fallback sets only)
+    for r in rows:
+        if r.get("matched_by"):
+            matched[r["matched_by"]] += 1
+    if matched:
+        out["matched_by"] = dict(sorted(matched.items()))
     if metric == "circular":
         out.update(circular(rows))
     elif metric == "mme":

@@ -8,10 +8,14 @@ domain or one of its datasets, ArabicMMLU, or one English benchmark) on one chec
    A preempted or killed task restarts after the last committed item: no duplicate, no gap.
    Items of a window are batched per dataset (`eval.batch_size`).
 2. Scoring, once every prediction exists: the registry's scorer per item (ain.eval.scoring), the
-   LLM judge for the open-ended sets (`eval.judge`, answers cached in state/judge-<i>.jsonl so a
-   restart does not pay twice). Items whose gold answer is blank are kept and counted as
-   withheld. Outputs, written atomically: `scored-<i>.jsonl` (id, correct|null, reason) and
-   `scores-<i>.json` (the unit and a summary per dataset) for the eval_report stage.
+   LLM judge (`eval.judge`) for the open-ended sets and, for datasets with a `judge_fallback`,
+   for the replies the rule step cannot read (MMBench choice matcher, MathVista answer
+   extractor). All judge requests of a task go in one batch through one endpoint session,
+   answers cached in state/judge-<i>.jsonl so a restart does not pay twice. Items whose gold
+   answer is blank are kept and counted as withheld. Outputs, written atomically:
+   `scored-<i>.jsonl` (id, dataset, correct|null, reason; on judge_fallback sets also
+   matched_by = rule|judge|judge_invalid|judge_rejected|none and the match / extracted answer)
+   and `scores-<i>.json` (the unit and a summary per dataset) for the eval_report stage.
 
 The checkpoint is `eval.checkpoint`, else this run's export output (stages/export/out/model).
 """
@@ -19,18 +23,18 @@ The checkpoint is `eval.checkpoint`, else this run's export output (stages/expor
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import json
 import random
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ain.atomic import atomic_write_json, atomic_write_text, iter_jsonl
 from ain.eval.config import EvalConfig
 from ain.eval.data import Item, iter_items
 from ain.eval.prompts import LATIN
 from ain.eval.registry import DatasetSpec, EvalUnit, eval_units, load_registry
-from ain.eval.scoring import SCORERS, WITHHELD, ScoreContext, summarize
+from ain.eval.scoring import (NO_ANSWER, SCORERS, WITHHELD, ScoreContext, choice_by_rule, choice_options,
+                              mathvista_extract, mathvista_match, parse_choice_reply, parse_extraction, summarize)
 from ain.stages import TaskContext, windows
 
 NO_JUDGE = "no LLM judge configured (eval.judge.model)"
@@ -48,6 +52,50 @@ JUDGE_PROMPT = (
     "Reply with JSON only: {{\"same\": 0 or 1}}")
 JUDGE_SCHEMA = {"title": "same_answer", "type": "object",
                 "properties": {"same": {"type": "integer", "enum": [0, 1]}}, "required": ["same"]}
+
+# MMBench choice matcher (judge_fallback: choice_matcher), modelled on VLMEvalKit's build_prompt:
+# the question, its options and the free-form reply in, one option letter (or Z: none) out.
+# Plain text, not JSON, as there: the reply is read with the same standalone-letter rule as the
+# model's own answers (ain.eval.scoring.parse_choice_reply); anything else is scored wrong.
+MATCH_PROMPT = (
+    "You help grade a single-choice question. You are given the question, its options and a model's answer. "
+    "Decide which option the answer corresponds to: the option closest in meaning to it. If the answer's "
+    "meaning differs substantially from every option, or it gives no answer at all, output Z. Output one "
+    "uppercase letter only: one of {letters}, or Z.\n\n"
+    "Example 1:\nQuestion: Which animal is shown in the picture?\nOptions:\nA. a horse\nB. a goat\nC. a cow\n"
+    "Answer: It looks like a young goat standing on the rocks.\nYour output: B\n\n"
+    "Example 2:\nQuestion: Which animal is shown in the picture?\nOptions:\nA. a horse\nB. a goat\nC. a cow\n"
+    "Answer: an eagle\nYour output: Z\n\n"
+    "Example 3:\nQuestion: {question}\nOptions:\n{options}\nAnswer: {answer}\nYour output:")
+
+# MathVista answer extractor (judge_fallback: answer_extractor): the official pipeline asks GPT to
+# pull the final answer out of the reply with in-context examples in the style of MathVista's
+# queries ("Hint: ... Question: ... Choices: ..."); the extracted text then goes through the same
+# normalisation and comparison as a rule-extracted one (ain.eval.scoring.mathvista_match).
+EXTRACT_PROMPT = (
+    "Read a math question and a model's response to it, and copy out the model's final answer in the form "
+    "the question's hint asks for: an integer, a decimal number, a list, or the letter of the chosen option. "
+    "Write only that answer after 'Extracted answer:'. If the response gives no answer, write {no_answer}.\n\n"
+    "Hint: Please answer the question requiring an integer answer and provide the final value, e.g., 1, 2, 3, "
+    "at the end.\nQuestion: How many birds are sitting on the wire?\n"
+    "Model response: Counting from left to right I see five birds, one of them half hidden by a leaf.\n"
+    "Extracted answer: 5\n\n"
+    "Hint: Please answer the question requiring a floating-point number with two decimal places and provide "
+    "the final value, e.g., 1.23, 1.34, 1.45, at the end.\nQuestion: What is the slope of the red line?\n"
+    "Model response: The line rises three units for every four units of run, so its slope is three quarters.\n"
+    "Extracted answer: 0.75\n\n"
+    "Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end.\n"
+    "Question: Which shape has the largest area?\nChoices:\n(A) the circle\n(B) the square\n(C) the triangle\n"
+    "Model response: The square covers more of the grid than the other two shapes.\n"
+    "Extracted answer: B\n\n"
+    "Hint: Please answer the question requiring an integer answer and provide the final value, e.g., 1, 2, 3, "
+    "at the end.\nQuestion: What is the value of x in the diagram?\n"
+    "Model response: The labels in the image are too blurry for me to read.\n"
+    "Extracted answer: {no_answer}\n\n"
+    "{question}\nModel response: {response}\nExtracted answer:")
+# The judge's default max_tokens (16) is sized for a verdict or a letter; an extracted answer
+# (a list, an option's text) can be longer.
+EXTRACT_MAX_TOKENS = 64
 
 
 def checkpoint_path(ctx: TaskContext) -> str:
@@ -131,8 +179,8 @@ def run_eval_task(ctx: TaskContext) -> dict[str, Any]:
         raise RuntimeError(f"eval task {ctx.index}: duplicated prediction ids in predictions-{ctx.index:05d}.jsonl")
     scored = score_predictions(ctx, unit, predictions)
     atomic_write_text(ctx.paths.out / f"scored-{ctx.index:05d}.jsonl",
-                      "".join(json.dumps({k: r[k] for k in ("id", "dataset", "correct", "reason")},
-                                         ensure_ascii=False) + "\n" for r in scored))
+                      "".join(json.dumps({k: r[k] for k in SCORED_KEYS if k in r}, ensure_ascii=False) + "\n"
+                              for r in scored))
     summaries = {}
     for spec in unit.datasets:
         rows = [r for r in scored if r["dataset"] == spec.name]
@@ -147,12 +195,17 @@ def run_eval_task(ctx: TaskContext) -> dict[str, Any]:
             "unscored": sum(s["items"] - s["scored"] for s in summaries.values())}
 
 
+SCORED_KEYS = ("id", "dataset", "correct", "reason", "matched_by", "match", "extracted", "judge_reply")
+"""Columns of scored-<i>.jsonl (the last four only on judge_fallback sets)."""
+
+
 def score_predictions(ctx: TaskContext, unit: EvalUnit, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each prediction with `correct` (True/False, or None with a `reason`) and its circular/MME group."""
+    """Each prediction with `correct` (True/False, or None with a `reason`) and its circular/MME group;
+    on judge_fallback sets also `matched_by` and the answer read (`match` or `extracted`)."""
     cfg: EvalConfig = ctx.cfg.eval
     specs = {s.name: s for s in unit.datasets}
     rngs = {name: random.Random(cfg.seed) for name in specs}  # MMMU's random.seed(42), per dataset
-    rows, to_judge = [], []
+    rows, to_judge, to_match, to_extract = [], [], [], []
     for p in predictions:
         spec = specs[p["dataset"]]
         row = {**p, "group": p["meta"].get("group") or p["id"].split("@")[0], "correct": None, "reason": None}
@@ -162,40 +215,153 @@ def score_predictions(ctx: TaskContext, unit: EvalUnit, predictions: list[dict[s
             to_judge.append(row)
         elif spec.scorer == "letter_logprob" and not p["prediction"]:
             row["correct"] = False  # endpoint backend: the reply started with no option letter
+        elif spec.judge_fallback == "choice_matcher":
+            choice = choice_by_rule(p["prediction"], p["meta"])
+            if choice is None:
+                to_match.append(row)
+            else:
+                _settle_choice(row, choice, "rule")
+        elif spec.judge_fallback == "answer_extractor":
+            answer = mathvista_extract(p["prediction"], p["meta"])
+            if answer is None:
+                to_extract.append(row)
+            else:
+                _settle_extraction(row, answer, "rule")
         else:
             row["correct"] = bool(SCORERS[spec.scorer](p["prediction"], p["gold"], p["meta"],
                                                        ScoreContext(spec.threshold, rngs[spec.name])))
         rows.append(row)
-    if to_judge:
-        judge_rows(ctx, to_judge)
+    if to_judge or to_match or to_extract:
+        judge_rows(ctx, to_judge, to_match, to_extract)
     return rows
 
 
-def judge_rows(ctx: TaskContext, rows: list[dict[str, Any]]) -> None:
+def _settle_choice(row: dict[str, Any], choice: Optional[str], path: str) -> None:
+    # CircularEval (ain.eval.scoring.circular) then runs on these per-rotation verdicts.
+    row.update(matched_by=path, match=choice, correct=choice is not None and choice == row["gold"].strip())
+
+
+def _settle_extraction(row: dict[str, Any], answer: Optional[str], path: str) -> None:
+    row.update(matched_by=path, extracted=answer,
+               correct=answer is not None and mathvista_match(answer, row["gold"], row["meta"]))
+
+
+def judge_rows(ctx: TaskContext, rows: list[dict[str, Any]], match: Sequence[dict[str, Any]] = (),
+               extract: Sequence[dict[str, Any]] = ()) -> None:
+    """Everything this task asks `eval.judge`, as one batch: same-answer verdicts for `rows` (the
+    open-ended CAMEL-Bench sets), the choice matcher for `match` (replies can_infer cannot read),
+    the answer extractor for `extract` (MathVista replies the rules cannot read).
+    No judge configured: verdict rows stay unscored (NO_JUDGE); match/extract rows are scored
+    wrong with matched_by "none", as before the fallback existed, and the report counts them."""
     cfg: EvalConfig = ctx.cfg.eval
+    match, extract = list(match), list(extract)
     if not cfg.judge.model:
         for r in rows:
             r["reason"] = NO_JUDGE
+        for r in match:
+            _settle_choice(r, None, "none")
+        for r in extract:
+            _settle_extraction(r, None, "none")
         return
+    questions = _questions(ctx, [*rows, *match, *extract])
+    asks: list[tuple[dict[str, Any], dict[str, Any], Callable[[dict[str, Any], Any], None]]] = [
+        *((r, _verdict_request(r, questions), _settle_verdict) for r in rows),
+        *((r, _match_request(r, questions), _settle_match) for r in match),
+        *((r, _extract_request(r, questions, cfg), _settle_extract) for r in extract)]
+    for (row, _, settle), answer in zip(asks, ask_judge(ctx, [request for _, request, _ in asks])):
+        settle(row, answer)
+
+
+def ask_judge(ctx: TaskContext, requests: list[dict[str, Any]]) -> list[Any]:
+    """`requests` (ChatClient.chat keyword dicts) to `eval.judge` through its endpoint (per_task,
+    shared or external), `max_concurrency` in flight, answers cached in state/judge-<i>.jsonl.
+    Returns, in order, a ChatResult or the reason it has none (JUDGE_INVALID, JUDGE_REJECTED) for
+    the caller to record; an unreachable endpoint raises (the restart re-scores: predictions are
+    kept, and the answers already paid for come from the cache)."""
+    cfg: EvalConfig = ctx.cfg.eval
     from ain.serve.client import ChatClient, InvalidAnswer, RequestRejected, ResponseCache, run_all  # noqa: PLC0415
     from ain.serve.server import endpoint  # noqa: PLC0415
 
-    items = {it.id: it for it in _items_by_id(ctx, rows)}
-    requests = [{"messages": [{"role": "user", "content": JUDGE_PROMPT.format(
-        question=items[r["id"]].prompt if r["id"] in items else "", gold=r["gold"], pred=r["prediction"])}],
-        "json_schema": JUDGE_SCHEMA} for r in rows]
     with endpoint(cfg.judge, ctx.run.root, "eval_judge", ctx.paths.logs) as ep, \
             ResponseCache(ctx.paths.state / f"judge-{ctx.index:05d}.jsonl") as cache:
         results = run_all(ChatClient.from_judge(cfg.judge, ep, cache=cache), requests)
-    for r, res in zip(rows, results):
+    out: list[Any] = []
+    for res in results:
         if isinstance(res, InvalidAnswer):
-            r["reason"] = JUDGE_INVALID
+            out.append(JUDGE_INVALID)
         elif isinstance(res, RequestRejected):
-            r["reason"] = JUDGE_REJECTED
+            out.append(JUDGE_REJECTED)
         elif isinstance(res, Exception):
             raise res  # endpoint unavailable: fail; the restart re-scores (predictions are kept)
         else:
-            r["correct"] = res.parsed["same"] == 1
+            out.append(res)
+    return out
+
+
+def _user(content: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": content}]
+
+
+def _verdict_request(row: dict[str, Any], questions: dict[str, str]) -> dict[str, Any]:
+    return {"messages": _user(JUDGE_PROMPT.format(question=questions.get(row["id"], ""), gold=row["gold"],
+                                                  pred=row["prediction"])), "json_schema": JUDGE_SCHEMA}
+
+
+def _match_request(row: dict[str, Any], questions: dict[str, str]) -> dict[str, Any]:
+    letters, options = choice_options(row["meta"])
+    return {"messages": _user(MATCH_PROMPT.format(
+        letters=", ".join(letters), question=questions.get(row["id"], ""),
+        options="\n".join(f"{k}. {o}" for k, o in zip(letters, options)), answer=row["prediction"].strip()))}
+
+
+def _extract_request(row: dict[str, Any], questions: dict[str, str], cfg: EvalConfig) -> dict[str, Any]:
+    return {"messages": _user(EXTRACT_PROMPT.format(no_answer=NO_ANSWER, question=questions.get(row["id"], ""),
+                                                    response=row["prediction"].strip())),
+            "max_tokens": max(cfg.judge.max_tokens, EXTRACT_MAX_TOKENS)}
+
+
+def _settle_verdict(row: dict[str, Any], answer: Any) -> None:
+    if isinstance(answer, str):
+        row["reason"] = answer
+    else:
+        row["correct"] = answer.parsed["same"] == 1
+
+
+def _failed_path(answer: str) -> str:
+    return "judge_rejected" if answer == JUDGE_REJECTED else "judge_invalid"
+
+
+def _settle_match(row: dict[str, Any], answer: Any) -> None:
+    if isinstance(answer, str):
+        _settle_choice(row, None, _failed_path(answer))
+        return
+    choice = parse_choice_reply(answer.text, choice_options(row["meta"])[0])
+    # Z (none of the options) is a valid verdict and never the gold: wrong, matched by the judge.
+    _settle_choice(row, choice, "judge" if choice is not None else "judge_invalid")
+    if choice is None:
+        row["judge_reply"] = answer.text[:200]  # kept for a look at what the matcher said
+
+
+def _settle_extract(row: dict[str, Any], answer: Any) -> None:
+    if isinstance(answer, str):
+        _settle_extraction(row, None, _failed_path(answer))
+        return
+    extracted = parse_extraction(answer.text)
+    # "" is the judge's NO_ANSWER: a valid verdict that the reply holds no answer (wrong).
+    _settle_extraction(row, extracted, "judge" if extracted is not None else "judge_invalid")
+    if extracted is None:
+        row["judge_reply"] = answer.text[:200]
+
+
+def _questions(ctx: TaskContext, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Question text per row id for the judge prompts: meta["question"] where the prompt builder
+    stores it (MMBench, MathVista), else the item re-read from the data (its prompt; the CAMEL-Bench
+    sets, and predictions made before the builders stored it)."""
+    out = {r["id"]: r["meta"]["question"] for r in rows if r["meta"].get("question")}
+    rest = [r for r in rows if r["id"] not in out]
+    if rest:
+        out.update({it.id: it.meta.get("question") or it.prompt for it in _items_by_id(ctx, rest)})
+    return out
 
 
 def _items_by_id(ctx: TaskContext, rows: list[dict[str, Any]]) -> list[Item]:

@@ -124,15 +124,36 @@ class PlannedStage:
     num_tasks: int
     resources: Resources
     depends_on: str | None
+    task_depends_on: tuple[str | None, ...] = ()
+    """Per task, the stage it waits for, where the tasks differ (else all wait for depends_on)."""
+
+    def upstream_of(self, index: int) -> str | None:
+        return self.task_depends_on[index] if self.task_depends_on else self.depends_on
+
+    def upstream_groups(self, indices: list[int]) -> dict[str | None, list[int]]:
+        """`indices` grouped by the stage they wait for (one Slurm array per group)."""
+        groups: dict[str | None, list[int]] = {}
+        for i in indices:
+            groups.setdefault(self.upstream_of(i), []).append(i)
+        return groups
 
 
 def plan(cfg: RunConfig) -> list[PlannedStage]:
-    """The DAG of this run: the recipe's stages in pipeline order, each after the previous."""
+    """The DAG of this run: the recipe's stages in pipeline order, each after the previous, except
+    where a stage section's `task_depends_on(cfg)` names, per task, an earlier stage to wait for
+    instead (vdr_eval: base models need only the prepared dataset, not the fine-tune)."""
     out: list[PlannedStage] = []
     previous: str | None = None
-    for name in cfg.stages:
+    for position, name in enumerate(cfg.stages):
         sub = getattr(cfg, name)
-        out.append(PlannedStage(name, sub.num_tasks, sub.resources, previous))
+        per_task: tuple[str | None, ...] = ()
+        if hasattr(sub, "task_depends_on"):
+            per_task = tuple(sub.task_depends_on(cfg))
+            earlier = set(cfg.stages[:position])
+            if len(per_task) != sub.num_tasks or any(u is not None and u not in earlier for u in per_task):
+                raise ValueError(f"{name}.task_depends_on gave {per_task}: need {sub.num_tasks} entries, "
+                                 f"each None or one of the earlier stages {sorted(earlier)}")
+        out.append(PlannedStage(name, sub.num_tasks, sub.resources, previous, per_task))
         previous = name
     return out
 

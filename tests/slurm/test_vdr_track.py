@@ -1,7 +1,8 @@
 """The embedding track end to end on the real two-node cluster: PEARL-shaped fixture ->
 vdr_prepare -> vdr_train (two gloo ranks on one node, tiny Qwen3-VL embedder, CachedMNRL in
 MatryoshkaLoss) preempted once with USR2 and resumed from its checkpoint -> vdr_eval (one task per
-model) -> vdr_report (table + plots). A second launch submits nothing."""
+model; the base model's task waits only for vdr_prepare and runs while training does, the
+fine-tune's waits for vdr_train) -> vdr_report (table + plots). A second launch submits nothing."""
 
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ def test_vdr_track_preempted_once_resumes_and_reports(slurm_run, tiny_model, tmp
     run, report = r.launch()
     assert [s.stage for s in report] == ["vdr_prepare", "vdr_train", "vdr_eval", "vdr_report"]
     assert report[2].num_tasks == 2                           # one leaderboard task per model
+    # the fine-tune's task waits for training, the base model's only for the prepared dataset
+    waits = {tuple(e["indices"]): e["dependency"] for e in run.events()
+             if e["kind"] == "submit" and e["stage"] == "vdr_eval"}
+    assert waits == {(0,): [report[1].job_id], (1,): [report[0].job_id]} and len(report[2].job_ids) == 2
+    assert report[3].dependency == report[2].job_ids          # the report waits for both arrays
     ckpt = run.stage("vdr_train").out / "ckpt"
     wait_until(lambda: ckpt.is_dir() and any(ckpt.glob("checkpoint-*/trainer_state.json")), 240,
                "a first training checkpoint")
@@ -47,6 +53,9 @@ def test_vdr_track_preempted_once_resumes_and_reports(slurm_run, tiny_model, tmp
     assert 0 < train["resumed_from_step"] < steps and train["steps"] == steps
     logs = "".join(p.read_text(errors="ignore") for p in run.stage("vdr_train").logs.glob("*_log.out"))
     assert "requeueing job" in logs and "resuming from" in logs and "rank 1/2" in logs
+
+    base_eval = run.stage("vdr_eval").read_marker(1)
+    assert base_eval["end"] < train["end"]                    # evaluated while the fine-tune trained
 
     prep = run.stage("vdr_prepare").read_marker(0)
     assert (prep["train_queries"], prep["dev_queries"], prep["test_queries"]) == (120 - 48 - prep["counts"].get(

@@ -42,6 +42,20 @@ def test_vdr_smoke_loads_with_absolute_paths(chdir_root, tmp_path):
     assert cfg.vdr_eval.models[1].path.startswith("/") or not (chdir_root / ".cache/tiny/vdr_embedder").exists()
 
 
+def test_base_models_wait_only_for_the_dataset_and_the_fine_tune_for_training(chdir_root, tmp_path):
+    from ain.rundir import RunDir
+    from ain.slurm.launcher import Launcher
+    from ain.stages import plan
+
+    cfg = load_config(["recipe=vdr_smoke", f"runs_root={tmp_path}", "cluster.executor=slurm"], check_paths=False)
+    stages = {st.name: st for st in plan(cfg)}
+    assert stages["vdr_eval"].task_depends_on == ("vdr_train", "vdr_prepare")   # models[0] is @vdr_train
+    assert stages["vdr_eval"].upstream_groups([0, 1]) == {"vdr_train": [0], "vdr_prepare": [1]}
+    assert stages["vdr_report"].upstream_of(0) == "vdr_eval" and not stages["vdr_report"].task_depends_on
+    text = Launcher(cfg, RunDir(cfg.run_dir)).dry_run()
+    assert "vdr_eval: 2 tasks (2 to run), after vdr_train (1 task(s)), vdr_prepare (1 task(s));" in text
+
+
 @pytest.mark.parametrize("argv, key", [
     (["vdr_train.matryoshka_dims=[16,32,64]"], "vdr_train.matryoshka_dims"),   # not largest first
     (["vdr_train.loss=triplet"], "vdr_train.loss"),

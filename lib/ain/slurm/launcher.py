@@ -43,7 +43,8 @@ class StageLaunch:
     cancelled: list[str] = field(default_factory=list)    # stale dependents cancelled
     submitted: list[int] = field(default_factory=list)    # stage indices submitted now
     elements: list[str] = field(default_factory=list)     # their queue elements ('123_0', ...)
-    job_id: str | None = None
+    job_id: str | None = None                             # the array submitted now (the first, if several)
+    job_ids: list[str] = field(default_factory=list)      # every array submitted now: one per upstream group
     dependency: list[str] = field(default_factory=list)
 
 
@@ -109,8 +110,10 @@ class Launcher:
             paths = self.run.stage(st.name)
             missing = sorted(set(range(st.num_tasks)) - paths.done_indices())
             r = st.resources
+            after = ", ".join(f"{u or '-'} ({len(ix)} task(s))" for u, ix in st.upstream_groups(
+                list(range(st.num_tasks))).items()) if st.task_depends_on else (st.depends_on or "-")
             lines.append(
-                f"  {st.name}: {st.num_tasks} tasks ({len(missing)} to run), after {st.depends_on or '-'}; "
+                f"  {st.name}: {st.num_tasks} tasks ({len(missing)} to run), after {after}; "
                 f"per task {r.nodes} node(s) x {r.tasks_per_node} proc, {r.cpus_per_task} cpu, "
                 f"{r.gpus_per_node} gpu/node, {r.mem_gb:g} GB, {r.time_min} min")
         if "train" in self.cfg.stages and self._chosen("train"):
@@ -145,7 +148,7 @@ class Launcher:
         elements = submitted_elements(self.run)
         queue = scheduler.queue(elements)
         report: list[StageLaunch] = []
-        upstream: list[str] = []          # dependency targets for the next stage
+        waits_on: dict[str, list[str]] = {}  # stage -> what its dependents wait for (new arrays + active elements)
         upstream_resubmitted = False
         active_by_stage: dict[str, list[str]] = {}
         for element, entry in queue.items():
@@ -156,7 +159,7 @@ class Launcher:
             paths = self.run.stage(st.name).create()
             done = paths.done_indices()
             if not self._chosen(st.name):  # left alone; a later selected stage waits on its queued tasks
-                upstream = sorted(active_by_stage.get(st.name, []))
+                waits_on[st.name] = sorted(active_by_stage.get(st.name, []))
                 continue
             sl = StageLaunch(st.name, st.num_tasks, done=sorted(done))
             active: dict[int, str] = {}
@@ -176,11 +179,19 @@ class Launcher:
                                        "reason": "dependency on a replaced or failed upstream task"})
             missing = sorted(set(range(st.num_tasks)) - done - set(active))
             sl.active = sorted(active.values())
-            sl.dependency = list(upstream)
+            sl.dependency = list(waits_on.get(st.depends_on, [])) if st.depends_on else []
             if missing:
-                sl.job_id, sl.elements = self._submit_slurm(st, missing, upstream)
+                # one array per upstream stage the missing tasks wait for (usually just one)
+                sl.dependency = []
+                for upstream, indices in st.upstream_groups(missing).items():
+                    dependency = waits_on.get(upstream, []) if upstream else []
+                    job_id, elements = self._submit_slurm(st, indices, dependency)
+                    sl.job_ids.append(job_id)
+                    sl.elements += elements
+                    sl.dependency += [d for d in dependency if d not in sl.dependency]
+                sl.job_id = sl.job_ids[0]
                 sl.submitted = missing
-            upstream = ([sl.job_id] if sl.job_id else []) + sl.active
+            waits_on[st.name] = sl.job_ids + sl.active
             upstream_resubmitted = upstream_resubmitted or bool(missing)
             report.append(sl)
             if missing or sl.active:
@@ -300,7 +311,7 @@ def describe(report: list[StageLaunch]) -> str:
     for sl in report:
         parts = [f"{sl.stage}: {len(sl.done)}/{sl.num_tasks} done"]
         if sl.submitted:
-            parts.append(f"submitted {len(sl.submitted)} task(s) as job {sl.job_id}"
+            parts.append(f"submitted {len(sl.submitted)} task(s) as job {','.join(sl.job_ids) or sl.job_id}"
                          + (f" after {':'.join(sl.dependency)}" if sl.dependency else ""))
         if sl.active:
             parts.append(f"{len(sl.active)} still queued/running ({', '.join(sl.active[:4])}"

@@ -242,6 +242,13 @@ class VdrEvalConfig:
         for m in self.models:
             m.path = _absolute_if_local(m.path)
 
+    def task_depends_on(self, cfg: "RunConfig") -> list[str | None]:
+        """Per task, the stage it waits for (ain.stages.plan): the fine-tune waits for vdr_train;
+        the base models need only the prepared dataset, so they are evaluated while training runs."""
+        data = "vdr_prepare" if "vdr_prepare" in cfg.stages else None
+        own = "vdr_train" if "vdr_train" in cfg.stages else data
+        return [own if m.path == FINETUNED else data for m in self.models]
+
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         need(bool(self.models), "vdr_eval.models", "empty: list at least one model")
         need(self.num_tasks == len(self.models), "vdr_eval.num_tasks", "derived: one task per model")

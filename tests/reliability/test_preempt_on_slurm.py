@@ -11,14 +11,13 @@ the one every backend takes."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
 
 from tests.e2e.test_translate_faults import MODEL, ServerProcess, english_ids, translations
 from tests.slurm.conftest import wait_until
-from tests.slurm.test_eval_on_slurm import FIXTURES, predictions
+from tests.slurm.test_eval_on_slurm import fixture_mirror, predictions
 from ain.serve.server import free_port
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow,
@@ -61,12 +60,7 @@ def test_usr2_mid_translation_chunk_requeues_and_each_sample_is_translated_once(
 
 
 def test_usr2_mid_evaluation_domain_requeues_and_resumes_at_the_committed_prediction(slurm_run, tmp_path):
-    data = tmp_path / "mirror"
-    (data / "images").mkdir(parents=True)
-    for f in (FIXTURES / "images").iterdir():
-        shutil.copy(f, data / "images" / f.name)
-    rows = (FIXTURES / "foodvqa.jsonl").read_text().splitlines()
-    (data / "foodvqa.jsonl").write_text("\n".join(rows * 40) + "\n")  # 120 items, one domain task
+    data = fixture_mirror(tmp_path / "mirror", ["foodvqa"], 40)  # 120 items, one domain task
     r = slurm_run("recipe=eval_smoke", "eval.datasets=[foodvqa]", f"eval.data_root={data}", "eval.commit_every=1",
                   "eval.batch_size=1", "eval.max_new_tokens=32", "stages=[eval]")
     run, report = r.launch()

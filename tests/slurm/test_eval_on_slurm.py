@@ -34,6 +34,18 @@ def kill_task_processes(logs: Path) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def fixture_mirror(root: Path, datasets: list[str], repeat: int) -> Path:
+    """A local mirror whose `datasets` each hold the foodvqa fixture rows `repeat` times (a domain
+    long enough for a fault to land mid-way), with the fixture images."""
+    (root / "images").mkdir(parents=True)
+    for f in (FIXTURES / "images").iterdir():
+        shutil.copy(f, root / "images" / f.name)
+    rows = (FIXTURES / "foodvqa.jsonl").read_text().splitlines()
+    for name in datasets:
+        (root / f"{name}.jsonl").write_text("\n".join(rows * repeat) + "\n")
+    return root
+
+
 def predictions(run, index):
     return list(iter_jsonl(run.stage("eval").out / f"predictions-{index:05d}.jsonl"))
 
@@ -66,13 +78,7 @@ def test_eval_array_per_domain_and_report(slurm_run):
 
 def test_task_killed_mid_domain_resumes_without_duplicates_or_gaps(slurm_run, tmp_path):
     # A bigger cultural domain (two datasets, 2 x 150 items, long generations) so the kill lands mid-domain.
-    data = tmp_path / "mirror"
-    (data / "images").mkdir(parents=True)
-    for f in (FIXTURES / "images").iterdir():
-        shutil.copy(f, data / "images" / f.name)
-    rows = (FIXTURES / "foodvqa.jsonl").read_text().splitlines()
-    for name in ("foodvqa", "celebvqa"):
-        (data / f"{name}.jsonl").write_text("\n".join(rows * 50) + "\n")
+    data = fixture_mirror(tmp_path / "mirror", ["foodvqa", "celebvqa"], 50)
     r = slurm_run("recipe=eval_smoke", "eval.datasets=[foodvqa,celebvqa]", f"eval.data_root={data}",
                   "eval.commit_every=1", "eval.batch_size=1", "eval.max_new_tokens=64", "stages=[eval]")
     run, report = r.launch()

@@ -1,5 +1,5 @@
 """The train stage on the real two-node cluster: two ranks (one per node, gloo on CPU) fine-tune
-the tiny Qwen2-VL on the smoke shards with DeepSpeed ZeRO-2, after the whole curation chain.
+the tiny Qwen2-VL on the smoke shards with DeepSpeed ZeRO-3, after the whole curation chain.
 
 The chain runs once (module fixture, with training in the same launch: the uninterrupted
 reference). The other tests copy its curated stages into fresh run directories, so a launch

@@ -32,13 +32,13 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def submit_main(description: str, argv: Sequence[str] | None = None, extra: Sequence[str] = ()) -> int:
     args = parser(description).parse_args(argv)
+    overrides = [*extra, *args.overrides]
     try:
-        cfg = load_config([*extra, *args.overrides])
+        if args.dry_run:
+            return _dry_run(overrides, args)
+        cfg = load_config(overrides)
         run = resolve_run_dir(cfg)
         launcher = Launcher(cfg, run, select_stages(cfg, args.only, args.start))
-        if args.dry_run:
-            print(launcher.dry_run())
-            return 0
         print(f"run directory: {run.root.resolve()}  (executor: {launcher.kind})", flush=True)
         report = launcher.launch(force=args.force, argv=sys.argv)
     except ConfigError as exc:
@@ -56,3 +56,19 @@ def submit_main(description: str, argv: Sequence[str] | None = None, extra: Sequ
     else:
         print(f"finished; outputs under {run.root.resolve()}/stages")
     return 0
+
+
+def _dry_run(overrides: list[str], args: argparse.Namespace) -> int:
+    """Print the plan. Missing inputs (data not staged yet, models not downloaded) do not hide it:
+    the plan is printed from the config without the path checks, followed by what a real launch
+    would refuse, and the exit status is 2."""
+    try:
+        cfg, refusal = load_config(overrides), None
+    except ConfigError as exc:
+        cfg, refusal = load_config(overrides, check_paths=False), exc  # a non-path mistake raises here
+    launcher = Launcher(cfg, resolve_run_dir(cfg), select_stages(cfg, args.only, args.start))
+    print(launcher.dry_run())
+    if refusal is None:
+        return 0
+    print(f"\nerror: a launch now would be refused: {refusal}", file=sys.stderr)
+    return 2

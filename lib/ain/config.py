@@ -336,6 +336,13 @@ class TrainConfig:
     resources: Resources = field(default_factory=lambda: Resources(
         nodes=8, tasks_per_node=8, cpus_per_task=10, gpus_per_node=8, mem_gb=0, time_min=2880))
 
+    def task_depends_on(self, cfg: "RunConfig") -> list[str | None]:
+        """Training needs the packed shards, not the curation report: it waits for pack, and the
+        report job runs beside it (a failed plot never holds up 64 GPUs). See ain.stages.plan."""
+        earlier = cfg.stages[:cfg.stages.index("train")]
+        upstream = "pack" if "pack" in earlier else (earlier[-1] if earlier else None)
+        return [upstream] * self.num_tasks
+
 
 @dataclass
 class ExportConfig:

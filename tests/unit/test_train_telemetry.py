@@ -88,6 +88,40 @@ def test_only_train_refuses_when_pack_is_incomplete(chdir_root, tmp_path):
     assert "pack: not selected" in text and "train estimate:" in text
 
 
+def test_only_train_needs_pack_complete_but_not_the_curation_report(chdir_root, tmp_path):
+    from ain.rundir import RunDir
+    from ain.slurm.launcher import Launcher
+    from ain.stages import plan
+
+    cfg = load_config(["recipe=smoke", "cluster=local", f"runs_root={tmp_path}"])
+    run = RunDir(cfg.run_dir)
+    for st in plan(cfg)[: cfg.stages.index("pack") + 1]:  # ingest .. pack done; report never ran
+        paths = run.stage(st.name).create()
+        for i in range(st.num_tasks):
+            paths.write_marker(i, {"index": i})
+    Launcher(cfg, run, selected=["train"])._check_upstream({})  # no error: train waits for pack only
+    with pytest.raises(ConfigError, match="stage train is incomplete .* --from train"):
+        Launcher(cfg, run, selected=["export"])._check_upstream({})  # export needs train (which needs pack)
+
+
+def test_dry_run_prints_the_plan_even_before_the_data_is_staged(chdir_root, tmp_path, capsys):
+    """recipe=ain names data that is not here: the plan still prints (training after pack, not after
+    the curation report; the GPU-hours estimate), then what a launch would refuse, exit 2."""
+    from ain.cli import submit_main
+
+    rc = submit_main("test", ["recipe=ain", "cluster=slurm", f"runs_root={tmp_path}", "--dry-run"])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert "  train: 1 tasks (1 to run), after pack;" in out and "  report: 1 tasks (1 to run), after pack;" in out
+    assert "280.0 GPU-hours" in out and "#SBATCH --dependency='afterok:<pack job>'" in out
+    assert "a launch now would be refused" in err and "ingest.sources[0].path" in err
+    assert not (tmp_path / "ain").exists()  # a dry run creates no run directory
+    # a mistake that is not a missing path still stops the dry run before any plan
+    assert submit_main("test", ["recipe=ain", "cluster=slurm", "train.zero_stage=three", "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert "DAG:" not in out and "train.zero_stage" in err
+
+
 def test_status_training_progress_and_eta(tmp_path):
     from ain.slurm.status import training_progress
 

@@ -87,13 +87,22 @@ class Launcher:
         return self.selected is None or name in self.selected
 
     def _check_upstream(self, active: dict[str, list[str]]) -> None:
-        """With a selection, every unselected stage before the first selected one must be
-        complete, or still queued/running (then the selection waits for it)."""
+        """With a selection, every unselected stage the selected ones need (their upstream stages,
+        transitively) must be complete, or still queued/running (then the selection waits for it)."""
         if self.selected is None:
             return
-        for st in plan(self.cfg):
-            if st.name in self.selected:
-                return
+        stages = plan(self.cfg)
+        upstreams = {st.name: set(st.upstream_groups(list(range(st.num_tasks)))) - {None} for st in stages}
+        needed: set[str] = set()
+        todo = [u for name in self.selected for u in upstreams[name]]
+        while todo:
+            name = todo.pop()
+            if name not in needed:
+                needed.add(name)
+                todo += upstreams[name]
+        for st in stages:
+            if st.name not in needed or st.name in self.selected:
+                continue
             done = self.run.stage(st.name).done_indices()
             if len(done) < st.num_tasks and not active.get(st.name):
                 raise ConfigError(f"stage {st.name} is incomplete ({len(done)}/{st.num_tasks} tasks done) and "
@@ -110,8 +119,9 @@ class Launcher:
             paths = self.run.stage(st.name)
             missing = sorted(set(range(st.num_tasks)) - paths.done_indices())
             r = st.resources
-            after = ", ".join(f"{u or '-'} ({len(ix)} task(s))" for u, ix in st.upstream_groups(
-                list(range(st.num_tasks))).items()) if st.task_depends_on else (st.depends_on or "-")
+            groups = st.upstream_groups(list(range(st.num_tasks)))
+            after = (", ".join(f"{u or '-'} ({len(ix)} task(s))" for u, ix in groups.items()) if len(groups) > 1
+                     else next(iter(groups)) or "-")
             lines.append(
                 f"  {st.name}: {st.num_tasks} tasks ({len(missing)} to run), after {after}; "
                 f"per task {r.nodes} node(s) x {r.tasks_per_node} proc, {r.cpus_per_task} cpu, "
@@ -123,7 +133,7 @@ class Launcher:
         for st in plan(self.cfg):
             if not self._chosen(st.name):
                 continue
-            dep = [f"<{st.depends_on} job>"] if st.depends_on else None
+            dep = [f"<{u} job>" for u in st.upstream_groups(list(range(st.num_tasks))) if u] or None
             text = render_sbatch(self.cfg.cluster, job_name(self.cfg, st.name), st.resources,
                                  self.run.stage(st.name).logs, st.num_tasks, python=sys.executable,
                                  dependency=dep)

@@ -28,6 +28,8 @@ def rendered(argv, stage, dependency):
     ("ain_ingest_slurm", ["recipe=ain", "cluster=slurm", "cluster.account=proj42",
                           "cluster.extra_sbatch={reservation: ain, exclusive: ''}"], "ingest", ["1234", "1200_7"]),
     ("canary_localslurm", ["recipe=canary", "cluster=localslurm"], "canary", None),
+    # the multi-node training job as submitit submits it: 8 nodes x 8 ranks, one dead rank stops the step
+    ("ain_train_slurm", ["recipe=ain", "cluster=slurm"], "train", ["5678"]),
 ])
 def test_rendered_sbatch_matches_golden(chdir_root, name, argv, stage, dependency):
     text = rendered(argv, stage, dependency)

@@ -114,6 +114,7 @@ def test_dry_run_prints_the_plan_even_before_the_data_is_staged(chdir_root, tmp_
     assert rc == 2
     assert "  train: 1 tasks (1 to run), after pack;" in out and "  report: 1 tasks (1 to run), after pack;" in out
     assert "280.0 GPU-hours" in out and "#SBATCH --dependency='afterok:<pack job>'" in out
+    assert "serve:eval_judge: one Qwen/Qwen2.5-72B-Instruct server job beside eval; 16 cpu, 4 gpu" in out
     assert "a launch now would be refused" in err and "ingest.sources[0].path" in err
     assert not (tmp_path / "ain").exists()  # a dry run creates no run directory
     # a mistake that is not a missing path still stops the dry run before any plan

@@ -126,6 +126,11 @@ class Launcher:
                 f"  {st.name}: {st.num_tasks} tasks ({len(missing)} to run), after {after}; "
                 f"per task {r.nodes} node(s) x {r.tasks_per_node} proc, {r.cpus_per_task} cpu, "
                 f"{r.gpus_per_node} gpu/node, {r.mem_gb:g} GB, {r.time_min} min")
+        for name, (judge, stages) in judges(self.cfg, self.run.root.resolve()).items():
+            if judge.server.mode == "shared" and any(self._chosen(s) for s in stages):
+                r = judge.server.shared_resources
+                lines.append(f"  serve:{name}: one {judge.model} server job beside {', '.join(stages)}; "
+                             f"{r.cpus_per_task} cpu, {r.gpus_per_node} gpu, {r.mem_gb:g} GB, {r.time_min} min")
         if "train" in self.cfg.stages and self._chosen("train"):
             from ain.train.estimate import estimate_train  # noqa: PLC0415
 

@@ -205,7 +205,9 @@ def score_predictions(ctx: TaskContext, unit: EvalUnit, predictions: list[dict[s
     cfg: EvalConfig = ctx.cfg.eval
     specs = {s.name: s for s in unit.datasets}
     rngs = {name: random.Random(cfg.seed) for name in specs}  # MMMU's random.seed(42), per dataset
-    rows, to_judge, to_match, to_extract = [], [], [], []
+    rows: list[dict[str, Any]] = []
+    to_judge: list[dict[str, Any]] = []
+    unread: dict[str, list[dict[str, Any]]] = {"choice_matcher": [], "answer_extractor": []}  # for the judge
     for p in predictions:
         spec = specs[p["dataset"]]
         row = {**p, "group": p["meta"].get("group") or p["id"].split("@")[0], "correct": None, "reason": None}
@@ -215,24 +217,19 @@ def score_predictions(ctx: TaskContext, unit: EvalUnit, predictions: list[dict[s
             to_judge.append(row)
         elif spec.scorer == "letter_logprob" and not p["prediction"]:
             row["correct"] = False  # endpoint backend: the reply started with no option letter
-        elif spec.judge_fallback == "choice_matcher":
-            choice = choice_by_rule(p["prediction"], p["meta"])
-            if choice is None:
-                to_match.append(row)
-            else:
-                _settle_choice(row, choice, "rule")
-        elif spec.judge_fallback == "answer_extractor":
-            answer = mathvista_extract(p["prediction"], p["meta"])
+        elif spec.judge_fallback:
+            read_by_rule, settle = RULE_STEPS[spec.judge_fallback]
+            answer = read_by_rule(p["prediction"], p["meta"])
             if answer is None:
-                to_extract.append(row)
+                unread[spec.judge_fallback].append(row)
             else:
-                _settle_extraction(row, answer, "rule")
+                settle(row, answer, "rule")
         else:
             row["correct"] = bool(SCORERS[spec.scorer](p["prediction"], p["gold"], p["meta"],
                                                        ScoreContext(spec.threshold, rngs[spec.name])))
         rows.append(row)
-    if to_judge or to_match or to_extract:
-        judge_rows(ctx, to_judge, to_match, to_extract)
+    if to_judge or any(unread.values()):
+        judge_rows(ctx, to_judge, unread["choice_matcher"], unread["answer_extractor"])
     return rows
 
 
@@ -244,6 +241,15 @@ def _settle_choice(row: dict[str, Any], choice: Optional[str], path: str) -> Non
 def _settle_extraction(row: dict[str, Any], answer: Optional[str], path: str) -> None:
     row.update(matched_by=path, extracted=answer,
                correct=answer is not None and mathvista_match(answer, row["gold"], row["meta"]))
+
+
+# judge_fallback -> (the rule step: reply, meta -> answer or None when it cannot read the reply,
+# how a read answer settles the row)
+RULE_STEPS: dict[str, tuple[Callable[[str, dict[str, Any]], Optional[str]],
+                            Callable[[dict[str, Any], Optional[str], str], None]]] = {
+    "choice_matcher": (choice_by_rule, _settle_choice),
+    "answer_extractor": (mathvista_extract, _settle_extraction),
+}
 
 
 def judge_rows(ctx: TaskContext, rows: list[dict[str, Any]], match: Sequence[dict[str, Any]] = (),

@@ -206,6 +206,19 @@ def init_distributed(on_cpu: bool) -> None:
     deepspeed.init_distributed(dist_backend="gloo" if on_cpu else "nccl")
 
 
+def finish_distributed() -> None:
+    """All ranks leave together, then the process group is torn down before the interpreter exits.
+    A rank that exits first with a live gloo group can abort in C++ ("terminate called without an
+    active exception"): the job then ends non-zero after its work is done, srun's
+    --kill-on-bad-exit stops rank 0 (perhaps before it marks the task done), and the afterok
+    dependents are cancelled."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
+
+
 def write_latest(out_dir: Path, tag: str) -> None:
     """`latest` <- tag, atomically (temp file, fsync, rename)."""
     tmp = out_dir / f".{LATEST}.tmp"
@@ -468,6 +481,7 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
         save()
     counters["skipped"] = dict(skipped)
     train_log.close()
+    finish_distributed()
     return {"steps": step, "losses": losses, "samples_seen": counters["samples_seen"],
             "resumed_from_step": resumed_from, "stopped_early": stopped_early, "sample_ids": sample_ids,
             "skipped": dict(skipped), "rows": counters["rows"], "buffered_at_save": buffered_at_save,

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from ain.atomic import atomic_write_json
 from ain.stages import TaskContext
+from ain.train.loop import finish_distributed
 from ain.vdr.config import VdrTrainConfig
 from ain.vdr.prepare import DATASET_DIR
 
@@ -152,6 +153,7 @@ def train(cfg: VdrTrainConfig, dataset_dir: Path, out_dir: Path, seed: int = 0,
              "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
              "train_queries": len(train_ds), "world_size": world}
     if type(callback).stopped:
+        finish_distributed()
         return {**stats, "stopped_early": True}
     if rank == 0:  # publish the final model atomically, then the result that says it is complete
         for stale in out_dir.glob(".final-*"):  # left by a killed attempt
@@ -167,6 +169,7 @@ def train(cfg: VdrTrainConfig, dataset_dir: Path, out_dir: Path, seed: int = 0,
             shutil.rmtree(tmp, ignore_errors=True)
         atomic_write_json(out_dir / "log_history.json", trainer.state.log_history)
         atomic_write_json(result_path, stats)
+    finish_distributed()  # the other ranks wait for rank 0's publish, then all tear down together
     return {**stats, "stopped_early": False}
 
 

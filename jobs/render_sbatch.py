@@ -15,6 +15,7 @@ import sys
 from ain.config import ConfigError, load_config
 from ain.slurm.launcher import resolve_run_dir
 from ain.slurm.sbatch import render_torchrun_sbatch
+from ain.slurm.snapshot import snapshot_code
 
 
 def main() -> int:
@@ -30,11 +31,12 @@ def main() -> int:
         with run.lock():
             run.freeze(cfg, force=args.force, argv=sys.argv)
         run.stage("train").create()
+        code_dir = snapshot_code(run.root.resolve())  # the job runs this copy, not the checkout
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     path = run.root / "train.sbatch"
-    path.write_text(render_torchrun_sbatch(cfg, run.root, python=sys.executable))
+    path.write_text(render_torchrun_sbatch(cfg, run.root, python=sys.executable, code_dir=code_dir))
     print(f"wrote {path}\nsubmit it with: sbatch {path}")
     return 0
 

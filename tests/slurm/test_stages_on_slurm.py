@@ -61,6 +61,11 @@ def test_array_throttle_is_respected_and_relaunch_submits_nothing(slurm_run):
     assert max_overlap([(m["start"], m["end"]) for m in ms]) <= 2
     items = canary_items(run)
     assert sorted((x["task"], x["item"]) for x in items) == [(t, i) for t in range(6) for i in range(6)]
+    # Pinned code: every task imported `ain` from the snapshot the launch made, not the checkout.
+    (digest,) = {e["code"] for e in run.events() if e["kind"] == "submit"}
+    snapshot = (run.root / "code" / digest).resolve()
+    assert {m["code"] for m in ms} == {str(snapshot / "lib" / "ain")}
+    assert (snapshot / "configs" / "eval" / "camel_bench.yaml").is_file()
 
     submits_before = [e for e in run.events() if e["kind"] == "submit"]
     _, final = r.launch()

@@ -119,3 +119,55 @@ def test_plain_sbatch_torchrun_path_matches(reference, tmp_path, monkeypatch):
     ref0, ref1, ref_losses = _trace(ref)
     assert ids0 == ref0 and ids1 == ref1
     assert max(abs(a - b) for a, b in zip(losses, ref_losses)) <= TOLERANCE, (losses, ref_losses)
+
+
+def _rank_pid(job: str, rank: int) -> int | None:
+    """The pid of one training rank of a Slurm job, found the way an operator would (its
+    environment), not through a hook in the code under test."""
+    found: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_bytes().decode(errors="ignore").split("\0") if "=" in kv)
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if (b"submitit.core._submit" in cmdline and env.get("SLURM_PROCID") == str(rank)
+                and job in (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_JOB_ID"))):
+            found[int(proc.name)] = ppid
+    roots = [pid for pid, ppid in found.items() if ppid not in found]  # not a dataloader worker
+    return min(roots) if roots else None
+
+
+def test_a_rank_killed_mid_step_fails_the_job_fast_and_a_rerun_resumes_exactly(reference, tmp_path, monkeypatch):
+    """A rank dying without warning outside any checkpoint (SIGKILL, as the OOM killer does):
+    srun's --kill-on-bad-exit takes the other rank down at once instead of leaving it at a
+    collective until the time limit; the re-run submits the train task again, which drops any
+    torn step directory, resumes from `latest` and ends exactly as the uninterrupted reference."""
+    root, ref = reference
+    monkeypatch.chdir(ROOT)
+    r = _copy_curated(tmp_path, ref, "rank_killed")
+    run, report = r.launch("train.save_every_steps=2")
+    job = report[-1].job_id
+    metrics = run.stage("train").out / "metrics.jsonl"
+    wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, 300, "three training steps")
+    pid = wait_until(lambda: _rank_pid(job, 1), 30, "rank 1's process")
+    subprocess.run(["kill", "-KILL", str(pid)], check=True)
+    wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", job, "-o", "%i"], capture_output=True,
+                                          text=True).stdout.strip(), 60, f"job {job} to end after a rank died")
+    assert run.stage("train").read_marker(0) is None
+    latest = (run.stage("train").out / "ckpt" / "latest").read_text().strip()
+    assert latest in {"step2", "step4", "step6", "step8"}, latest
+
+    _, again = r.launch("train.save_every_steps=2")
+    assert [sl.stage for sl in again if sl.submitted] == ["train"]
+    r.wait(run, timeout_s=600)
+    marker = run.stage("train").read_marker(0)
+    assert marker is not None, sorted(p.name for p in run.stage("train").failed.glob("*"))
+    assert marker["resumed_from_step"] == int(latest.removeprefix("step"))
+    ids0, ids1, losses = _trace(run)
+    ref0, ref1, ref_losses = _trace(ref)
+    assert ids0 == ref0 and ids1 == ref1
+    assert max(abs(a - b) for a, b in zip(losses, ref_losses)) <= TOLERANCE, (losses, ref_losses)

@@ -10,6 +10,9 @@ those are cancelled and resubmitted behind the new job. Dependencies name whole 
 the individual still-active elements of older ones (`afterok:123:118_4`), never an older array
 as a whole, which may contain the failed task being replaced.
 
+Slurm jobs run the code as it was at submission: the launch copies lib/ain and configs/ into
+`<run>/code/<digest>/` and puts that first on the jobs' PYTHONPATH (ain.slurm.snapshot).
+
 Without Slurm (cluster.executor=local, or auto with no scheduler), the same tasks run through
 submitit's local executor, stage after stage, and the launch waits for them.
 """
@@ -28,6 +31,7 @@ from ain.config import ConfigError, RunConfig, judges
 from ain.rundir import RunDir
 from ain.slurm import scheduler
 from ain.slurm.sbatch import render_sbatch, slurm_parameters
+from ain.slurm.snapshot import code_digest, snapshot_code, snapshot_dir
 from ain.slurm.task import StageTask
 from ain.stages import PlannedStage, plan
 
@@ -82,6 +86,7 @@ class Launcher:
         self.run = run
         self.kind = executor_kind(cfg)
         self.selected = selected  # None: every stage (see ain.stages.select_stages)
+        self._code_dir: Path | None = None  # this launch's code snapshot, made at its first submission
 
     def _chosen(self, name: str) -> bool:
         return self.selected is None or name in self.selected
@@ -111,7 +116,11 @@ class Launcher:
     # planning ---------------------------------------------------------------------------------
     def dry_run(self) -> str:
         """The DAG, each stage's array and resources, and the sbatch text; submits nothing."""
-        lines = [f"run directory: {self.run.root.resolve()}", f"executor: {self.kind}", "DAG:"]
+        lines = [f"run directory: {self.run.root.resolve()}", f"executor: {self.kind}"]
+        code_dir = snapshot_dir(self.run.root.resolve(), code_digest()) if self.kind == "slurm" else None
+        if code_dir:
+            lines.append(f"code: jobs run a snapshot of lib/ain and configs/ made at submission, {code_dir}")
+        lines.append("DAG:")
         for st in plan(self.cfg):
             if not self._chosen(st.name):
                 lines.append(f"  {st.name}: not selected (left as it is)")
@@ -141,7 +150,7 @@ class Launcher:
             dep = [f"<{u} job>" for u in st.upstream_groups(list(range(st.num_tasks))) if u] or None
             text = render_sbatch(self.cfg.cluster, job_name(self.cfg, st.name), st.resources,
                                  self.run.stage(st.name).logs, st.num_tasks, python=sys.executable,
-                                 dependency=dep)
+                                 dependency=dep, code_dir=code_dir)
             lines += ["", f"# ---- sbatch for stage {st.name} ----", text]
         return "\n".join(lines)
 
@@ -226,14 +235,21 @@ class Launcher:
             folder = self.run.root / "serve"
             executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=self.cfg.cluster.max_requeues)
             executor.update_parameters(**slurm_parameters(self.cfg.cluster, job_name(self.cfg, pseudo.replace(":", "-")),
-                                                          judge.server.shared_resources, dependency or None))
+                                                          judge.server.shared_resources, dependency or None,
+                                                          self._pinned_code()))
             with submitit.helpers.clean_env():
                 job = executor.submit(SharedServerTask(str(self.run.root), name))
             self.run.append_event({"kind": "submit", "executor": "slurm", "stage": pseudo, "job_id": job.job_id,
                                    "indices": [0], "elements": [job.job_id], "dependency": dependency,
-                                   "argv": sys.argv})
+                                   "code": self._pinned_code().name, "argv": sys.argv})
             report.append(StageLaunch(pseudo, 1, submitted=[0], elements=[job.job_id], job_id=job.job_id,
                                       dependency=list(dependency)))
+
+    def _pinned_code(self) -> Path:
+        """This launch's code snapshot (made at the first submission; see ain.slurm.snapshot)."""
+        if self._code_dir is None:
+            self._code_dir = snapshot_code(self.run.root.resolve())
+        return self._code_dir
 
     def _executor(self, st: PlannedStage, kind: str) -> submitit.Executor:
         folder = self.run.stage(st.name).logs
@@ -249,7 +265,7 @@ class Launcher:
     def _submit_slurm(self, st: PlannedStage, indices: list[int], dependency: list[str]) -> tuple[str, list[str]]:
         executor = self._executor(st, "slurm")
         executor.update_parameters(**slurm_parameters(self.cfg.cluster, job_name(self.cfg, st.name),
-                                                      st.resources, dependency or None))
+                                                      st.resources, dependency or None, self._pinned_code()))
         # A launch from inside a job must not pass its own SLURM_* / torch variables on.
         with submitit.helpers.clean_env():
             jobs = executor.map_array(StageTask(str(self.run.root.resolve()), st.name), indices)
@@ -257,7 +273,7 @@ class Launcher:
         elements = [job.job_id for job in jobs]
         self.run.append_event({"kind": "submit", "executor": "slurm", "stage": st.name, "job_id": job_id,
                                "indices": indices, "elements": elements, "dependency": dependency,
-                               "argv": sys.argv})
+                               "code": self._pinned_code().name, "argv": sys.argv})
         return job_id, elements
 
     def _launch_local(self) -> list[StageLaunch]:

@@ -16,9 +16,15 @@ from submitit.slurm.slurm import _make_sbatch_string  # the text submitit itself
 from ain.config import ClusterConfig, Resources, RunConfig
 
 
+def pin_code_line(code_dir: Path) -> str:
+    """The setup line that makes a job import the code snapshot at `code_dir` (see snapshot.py)."""
+    return f"export PYTHONPATH={shlex.quote(str(Path(code_dir) / 'lib'))}${{PYTHONPATH:+:$PYTHONPATH}}"
+
+
 def slurm_parameters(cluster: ClusterConfig, job_name: str, res: Resources,
-                     dependency: list[str] | None = None) -> dict[str, Any]:
-    """Keyword arguments for `submitit.SlurmExecutor.update_parameters`."""
+                     dependency: list[str] | None = None, code_dir: Path | None = None) -> dict[str, Any]:
+    """Keyword arguments for `submitit.SlurmExecutor.update_parameters`; `code_dir`, a code
+    snapshot (`ain.slurm.snapshot`), goes first on the job's PYTHONPATH."""
     params: dict[str, Any] = {
         "job_name": job_name,
         "time": res.time_min,
@@ -27,7 +33,9 @@ def slurm_parameters(cluster: ClusterConfig, job_name: str, res: Resources,
         "cpus_per_task": res.cpus_per_task,
         "signal_delay_s": cluster.signal_delay_s,
         "array_parallelism": cluster.array_parallelism,
-        "setup": list(cluster.setup),
+        # the pin comes after the profile's setup lines, so a `module load` or an exported
+        # PYTHONPATH there cannot put the checkout back in front of the snapshot
+        "setup": list(cluster.setup) + ([pin_code_line(code_dir)] if code_dir else []),
     }
     if res.mem_gb:
         params["mem"] = f"{int(res.mem_gb * 1024)}M"
@@ -54,14 +62,15 @@ def slurm_parameters(cluster: ClusterConfig, job_name: str, res: Resources,
 
 
 def render_sbatch(cluster: ClusterConfig, job_name: str, res: Resources, folder: Path, array_size: int,
-                  python: str = "python", dependency: list[str] | None = None) -> str:
+                  python: str = "python", dependency: list[str] | None = None, code_dir: Path | None = None) -> str:
     """The sbatch script of one stage's array, exactly as submitit would write it."""
-    params = slurm_parameters(cluster, job_name, res, dependency)
+    params = slurm_parameters(cluster, job_name, res, dependency, code_dir)
     command = " ".join([python, "-u", "-m", "submitit.core._submit", shlex.quote(str(folder))])
     return _make_sbatch_string(command=command, folder=folder, map_count=array_size, **params)
 
 
-def render_torchrun_sbatch(cfg: RunConfig, run_root: Path, python: str = "python") -> str:
+def render_torchrun_sbatch(cfg: RunConfig, run_root: Path, python: str = "python",
+                           code_dir: Path | None = None) -> str:
     """The train stage as a plain sbatch script (srun + torchrun), from the same config and
     `slurm_parameters` as the submitit path: one srun task per node, torchrun starts
     `tasks_per_node` ranks there and rendezvouses on the first node. Preemption: Slurm sends USR2
@@ -70,7 +79,7 @@ def render_torchrun_sbatch(cfg: RunConfig, run_root: Path, python: str = "python
     runs `ain.train.torchrun_entry`, the same stage function and markers as the submitit path."""
     res = cfg.train.resources
     paths = Path(run_root) / "stages" / "train"
-    params = slurm_parameters(cfg.cluster, f"ain-{cfg.name}-train", res)
+    params = slurm_parameters(cfg.cluster, f"ain-{cfg.name}-train", res, code_dir=code_dir)
     params.pop("array_parallelism")
     params.pop("signal_delay_s")
     params["ntasks_per_node"] = 1

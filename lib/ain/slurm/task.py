@@ -20,6 +20,7 @@ from typing import Any
 import submitit
 
 from ain.rundir import RunDir
+from ain.slurm.snapshot import package_dir
 from ain.stages import TaskContext, stage_function
 
 # Fault injection for tests and drills: AIN_FAIL_TASKS="ingest/1,canary/0" makes those tasks raise
@@ -72,8 +73,8 @@ class StageTask(submitit.helpers.Checkpointable):
         num_tasks = getattr(cfg, self.stage).num_tasks
         ctx = TaskContext(cfg=cfg, run=run, stage=self.stage, index=index, num_tasks=num_tasks, log=log)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-        log.info("task %d/%d of %s starts on %s (job %s, restart %d)", index, num_tasks, self.stage,
-                 socket.gethostname(), _job_id(), restarts)
+        log.info("task %d/%d of %s starts on %s (job %s, restart %d, code %s)", index, num_tasks, self.stage,
+                 socket.gethostname(), _job_id(), restarts, package_dir())
         start = time.time()
         try:
             if f"{self.stage}/{index}" in os.environ.get(FAULT_ENV, "").split(","):
@@ -91,7 +92,7 @@ class StageTask(submitit.helpers.Checkpointable):
         end = time.time()
         marker = {"stage": self.stage, "index": index, "num_tasks": num_tasks, "job_id": _job_id(),
                   "host": socket.gethostname(), "start": start, "end": end, "seconds": end - start,
-                  "restarts": restarts, **stats}
+                  "restarts": restarts, "code": package_dir(), **stats}
         paths.write_marker(index, marker)
         log.info("task %d done in %.1fs: %s", index, end - start,
                  {k: v for k, v in stats.items() if isinstance(v, (int, float))})

@@ -72,7 +72,7 @@ def test_array_throttle_is_respected_and_relaunch_submits_nothing(slurm_run):
     assert all(not s.submitted and not s.active for s in final)
     assert [e for e in run.events() if e["kind"] == "submit"] == submits_before
     status = collect(run)
-    assert status[0].state == "done" and status[0].done == 6
+    assert status[0].state == "done" and status[0].done == 6 and status[0].code == digest
     # Pickles are code and logs may quote data: nothing in the run directory is group/world-readable.
     pickles = list(run.stage("canary").logs.glob("*.pkl"))
     assert pickles and all(p.stat().st_mode & 0o077 == 0 for p in run.root.rglob("*"))

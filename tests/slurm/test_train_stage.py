@@ -115,6 +115,8 @@ def test_plain_sbatch_torchrun_path_matches(reference, tmp_path, monkeypatch):
     logs = "".join(p.read_text(errors="ignore") for p in run.stage("train").logs.glob("*"))
     assert marker is not None, logs[-3000:]
     assert marker["world_size"] == 2
+    # the script pins the code like the submitit path: the ranks imported the run's snapshot
+    assert Path(marker["code"]).parent.parent.parent == (run.root / "code").resolve(), marker["code"]
     ids0, ids1, losses = _trace(run)
     ref0, ref1, ref_losses = _trace(ref)
     assert ids0 == ref0 and ids1 == ref1

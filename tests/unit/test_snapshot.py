@@ -77,3 +77,21 @@ def test_snapshot_is_private_like_the_rest_of_the_run_directory(tmp_path):
     (src / "lib/ain/sub/mod.py").chmod(0o644)
     snap = snapshot_code(tmp_path / "run", root=src)
     assert all(p.stat().st_mode & 0o077 == 0 for p in [snap, *snap.rglob("*")])
+
+
+def test_status_names_the_snapshot_and_warns_when_stages_run_different_code(tmp_path):
+    from rich.console import Console
+
+    from ain.rundir import RunDir
+    from ain.slurm.status import StageStatus, render
+
+    def text(statuses):
+        console = Console(record=True, width=200)
+        console.print(render(RunDir(tmp_path), statuses))
+        return console.export_text()
+
+    same = [StageStatus("ingest", 2, code="aaa"), StageStatus("pack", 1, code="aaa"), StageStatus("report", 1)]
+    assert "every submission runs snapshot aaa" in text(same)
+    mixed = [StageStatus("ingest", 2, code="aaa"), StageStatus("train", 1, code="bbb")]
+    assert "stages run different snapshots: aaa: ingest; bbb: train" in text(mixed)
+    assert "code:" not in text([StageStatus("ingest", 2)])  # local executor runs: nothing pinned

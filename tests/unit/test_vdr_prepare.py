@@ -143,6 +143,24 @@ def test_image_pass_reads_only_needed_row_groups_and_card_records_counts(pearl, 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left behind
 
 
+def test_image_pass_with_threads_fetches_the_same_bytes_as_one_thread(pearl):
+    """Files read concurrently (fetch_threads) give exactly the single-threaded result."""
+    cfg = VdrPrepareConfig(source=str(pearl))
+    files, fs = prep.source_files(cfg)
+    assert len(files) > 1
+    images = prep.dedup_images(_meta(pearl))
+    needed = [images[i] for i in sorted(images)[::3]]
+    runs = []
+    for threads in (1, 4):
+        cfg.fetch_threads = threads
+        counts: Counter = Counter()
+        blobs = prep.fetch_images(cfg, files, fs, needed, counts)
+        runs.append(({k: hashlib.sha1(v).hexdigest() for k, v in blobs.items()}, counts))
+    assert runs[0] == runs[1]
+    assert set(runs[0][0]) == {ref.id for ref in needed}
+    assert {ref.file for ref in needed} == set(range(len(files)))  # every file was read concurrently
+
+
 def _write(path: Path, rows: list[dict]) -> None:
     pq.write_table(pa.Table.from_pylist(rows), path)
 

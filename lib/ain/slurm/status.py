@@ -46,6 +46,7 @@ class StageStatus:
     last_end: float | None = None
     problems: list[TaskProblem] = field(default_factory=list)
     training: dict[str, Any] | None = None   # train stage: latest step, loss, rates, ETA (metrics.jsonl)
+    code: str | None = None   # digest of the code snapshot its latest Slurm submission runs (run/code/<digest>)
 
     @property
     def throughput(self) -> float | None:
@@ -106,6 +107,7 @@ def collect(run: RunDir, use_queue: bool = True, tail_lines: int = 15) -> list[S
         paths = run.stage(st.name)
         s = StageStatus(st.name, st.num_tasks)
         s.job_ids = [ev["job_id"] for ev in events if ev["stage"] == st.name]
+        s.code = next((ev["code"] for ev in reversed(events) if ev["stage"] == st.name and ev.get("code")), None)
         done = paths.done_indices()
         for index in sorted(done):
             m = paths.read_marker(index) or {}
@@ -182,6 +184,15 @@ def render(run: RunDir, statuses: list[StageStatus]) -> Any:
         table.add_row(s.name, s.state, f"{s.done}/{s.num_tasks}", str(s.running), str(s.pending), str(s.failed),
                       str(s.lost), ",".join(s.job_ids[-3:]) or "-", tp, _fmt_seconds(s.eta_s))
     parts: list[Any] = [table]
+    by_code: dict[str, list[str]] = {}
+    for s in statuses:
+        if s.code:
+            by_code.setdefault(s.code, []).append(s.name)
+    if len(by_code) == 1:
+        parts.append(Text(f"code: every submission runs snapshot {next(iter(by_code))} ({run.root}/code/)"))
+    elif by_code:  # re-launched after an edit: queued jobs keep the code they were submitted with
+        parts.append(Text("code: stages run different snapshots: " + "; ".join(
+            f"{digest}: {', '.join(names)}" for digest, names in by_code.items()), style="yellow"))
     for s in statuses:
         t = s.training
         if t:

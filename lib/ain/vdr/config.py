@@ -50,6 +50,8 @@ class VdrPrepareConfig:
     bad_rows: str = "error"
     """A row with an empty query, category, country or caption: error (ValueError naming file and row)
     or skip (counted in the dataset card)."""
+    fetch_threads: int = 8
+    """Parquet files read at once in the image pass (I/O bound: hub range reads wait on the network)."""
     num_tasks: int = 1
     """Always 1: sampling, deduplication, negatives and splits need the global view of the metadata
     (about 500 MB for PEARL-FULL); the image pass reads only the row groups it needs."""
@@ -66,6 +68,7 @@ class VdrPrepareConfig:
         if check_paths and self.source_format == "parquet":
             need(os.path.exists(self.source), "vdr_prepare.source", f"{self.source!r} does not exist")
         need(self.bad_rows in ("error", "skip"), "vdr_prepare.bad_rows", "error or skip")
+        need(self.fetch_threads >= 1, "vdr_prepare.fetch_threads", "must be >= 1")
         need(self.num_queries >= 3, "vdr_prepare.num_queries", "must be >= 3")
         need(self.dev_queries >= 1 and self.test_queries >= 1, "vdr_prepare.dev_queries",
              "dev_queries and test_queries must be >= 1")

@@ -14,7 +14,8 @@ touched only where needed:
    negative_0 same category other image, negative_1 same country other category, negative_2 another
    same-category image, negative_3 random. A rule the pool cannot satisfy falls back to a random
    image of the pool, recorded as `random_fallback` in the row's metadata and counted in the card;
-4. image pass: read the image column only of the row groups that hold a used image;
+4. image pass: read the image column only of the row groups that hold a used image, several
+   files at once (`fetch_threads`);
 5. write a Hugging Face DatasetDict to a temp directory next to the output, with a dataset card
    (README.md) of the counts, then rename it into place (a killed task leaves no half dataset; a
    re-run starts this single task again from the top, which is cheap next to training).
@@ -322,28 +323,43 @@ def image_bytes(value: Any, where: str) -> bytes:
     return bytes(data)
 
 
+def _fetch_file(cfg: VdrPrepareConfig, path: str, fs: Any, wanted: dict[int, str]) -> tuple[dict[str, bytes], Counter]:
+    """The needed images of one parquet file: only the row groups that hold one are read."""
+    out: dict[str, bytes] = {}
+    counts: Counter = Counter()
+    pf = _parquet(fs, path)
+    start = 0
+    for rg in range(pf.num_row_groups):
+        n = pf.metadata.row_group(rg).num_rows
+        rows_here = [r for r in wanted if start <= r < start + n]
+        if rows_here:
+            column = pf.read_row_group(rg, columns=[cfg.image_column]).column(0)
+            for r in rows_here:
+                out[wanted[r]] = image_bytes(column[r - start].as_py(), f"{path}: row {r}")
+            counts["image_row_groups_read"] += 1
+        else:
+            counts["image_row_groups_skipped"] += 1
+        start += n
+    return out, counts
+
+
 def fetch_images(cfg: VdrPrepareConfig, files: list[str], fs: Any, needed: Iterable[ImageRef],
                  counts: Counter) -> dict[str, bytes]:
-    """Pass 2: read the image column of only the row groups holding a needed image."""
+    """Pass 2: read the image column of only the row groups holding a needed image, up to
+    `fetch_threads` files at once (range reads from the hub wait on the network, and pyarrow
+    releases the GIL while it reads and decompresses). The result does not depend on the order
+    in which files finish."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
     by_file: dict[int, dict[int, str]] = defaultdict(dict)
     for ref in needed:
         by_file[ref.file][ref.row] = ref.id
     out: dict[str, bytes] = {}
-    for fi in sorted(by_file):
-        pf = _parquet(fs, files[fi])
-        wanted = by_file[fi]
-        start = 0
-        for rg in range(pf.num_row_groups):
-            n = pf.metadata.row_group(rg).num_rows
-            rows_here = [r for r in wanted if start <= r < start + n]
-            if rows_here:
-                column = pf.read_row_group(rg, columns=[cfg.image_column]).column(0)
-                for r in rows_here:
-                    out[wanted[r]] = image_bytes(column[r - start].as_py(), f"{files[fi]}: row {r}")
-                counts["image_row_groups_read"] += 1
-            else:
-                counts["image_row_groups_skipped"] += 1
-            start += n
+    with ThreadPoolExecutor(max_workers=max(1, min(cfg.fetch_threads, len(by_file) or 1))) as pool:
+        # map keeps file order; the first bad image raises here, naming its file and row
+        for blobs, file_counts in pool.map(lambda fi: _fetch_file(cfg, files[fi], fs, by_file[fi]), sorted(by_file)):
+            out.update(blobs)
+            counts.update(file_counts)
     return out
 
 

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ain.config import load_config
+import pytest
+
+from ain.config import ConfigError, load_config
 from ain.slurm.sbatch import pin_code_line, render_sbatch
 from ain.slurm.snapshot import code_digest, snapshot_code
 
@@ -95,3 +97,9 @@ def test_status_names_the_snapshot_and_warns_when_stages_run_different_code(tmp_
     mixed = [StageStatus("ingest", 2, code="aaa"), StageStatus("train", 1, code="bbb")]
     assert "stages run different snapshots: aaa: ingest; bbb: train" in text(mixed)
     assert "code:" not in text([StageStatus("ingest", 2)])  # local executor runs: nothing pinned
+
+
+def test_a_package_outside_a_checkout_is_a_clear_error(tmp_path):
+    (tmp_path / "site-packages/ain").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"not from a checkout's lib/ain .*pip install -e \."):
+        snapshot_code(tmp_path / "run", root=tmp_path / "site-packages")

@@ -117,9 +117,13 @@ class Launcher:
     def dry_run(self) -> str:
         """The DAG, each stage's array and resources, and the sbatch text; submits nothing."""
         lines = [f"run directory: {self.run.root.resolve()}", f"executor: {self.kind}"]
-        code_dir = snapshot_dir(self.run.root.resolve(), code_digest()) if self.kind == "slurm" else None
-        if code_dir:
-            lines.append(f"code: jobs run a snapshot of lib/ain and configs/ made at submission, {code_dir}")
+        code_dir = None
+        if self.kind == "slurm":
+            try:
+                code_dir = snapshot_dir(self.run.root.resolve(), code_digest())
+                lines.append(f"code: jobs run a snapshot of lib/ain and configs/ made at submission, {code_dir}")
+            except ConfigError as exc:  # shown here; a real launch refuses with the same message
+                lines.append(f"code: {exc}")
         lines.append("DAG:")
         for st in plan(self.cfg):
             if not self._chosen(st.name):

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import ain
+from ain.config import ConfigError
 
 # What a job reads from the checkout at run time, relative to the project root.
 PINNED = ("lib/ain", "configs")
@@ -36,6 +37,10 @@ def package_dir() -> str:
 
 
 def _pinned_files(root: Path) -> list[Path]:
+    if not (root / PINNED[0]).is_dir():
+        raise ConfigError(f"cannot pin the code for Slurm jobs: `ain` is imported from {package_dir()}, not from a "
+                           f"checkout's {PINNED[0]} (looked under {root}); install the suite editable from its "
+                           "checkout (`pip install -e .`, as environment.yml and the Makefile do)")
     files: list[Path] = []
     for part in PINNED:
         base = root / part
@@ -45,8 +50,6 @@ def _pinned_files(root: Path) -> list[Path]:
             dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_DIRS)
             files += [Path(dirpath, f).relative_to(root) for f in sorted(filenames)
                       if not f.endswith(_SKIPPED_SUFFIXES)]
-    if not files:
-        raise FileNotFoundError(f"no code to pin under {root} (looked for {', '.join(PINNED)})")
     return files
 
 
@@ -84,7 +87,7 @@ def snapshot_code(run_root: Path | str, root: Path | None = None) -> Path:
         os.chmod(dirpath, 0o700)
     if digest != code_digest(tmp):  # the checkout changed while we copied: refuse a mixed snapshot
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"the code under {root} changed while it was being pinned; launch again")
+        raise ConfigError(f"the code under {root} changed while it was being pinned; launch again")
     try:
         tmp.rename(target)
     except OSError:  # a concurrent launch pinned the same code first

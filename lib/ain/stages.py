@@ -130,10 +130,10 @@ class PlannedStage:
     def upstream_of(self, index: int) -> str | None:
         return self.task_depends_on[index] if self.task_depends_on else self.depends_on
 
-    def upstream_groups(self, indices: list[int]) -> dict[str | None, list[int]]:
-        """`indices` grouped by the stage they wait for (one Slurm array per group)."""
+    def upstream_groups(self, indices: list[int] | None = None) -> dict[str | None, list[int]]:
+        """`indices` (default: every task) grouped by the stage they wait for (one Slurm array per group)."""
         groups: dict[str | None, list[int]] = {}
-        for i in indices:
+        for i in range(self.num_tasks) if indices is None else indices:
             groups.setdefault(self.upstream_of(i), []).append(i)
         return groups
 

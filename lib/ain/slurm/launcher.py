@@ -97,7 +97,7 @@ class Launcher:
         if self.selected is None:
             return
         stages = plan(self.cfg)
-        upstreams = {st.name: set(st.upstream_groups(list(range(st.num_tasks)))) - {None} for st in stages}
+        upstreams = {st.name: set(st.upstream_groups()) - {None} for st in stages}
         needed: set[str] = set()
         todo = [u for name in self.selected for u in upstreams[name]]
         while todo:
@@ -132,7 +132,7 @@ class Launcher:
             paths = self.run.stage(st.name)
             missing = sorted(set(range(st.num_tasks)) - paths.done_indices())
             r = st.resources
-            groups = st.upstream_groups(list(range(st.num_tasks)))
+            groups = st.upstream_groups()
             after = (", ".join(f"{u or '-'} ({len(ix)} task(s))" for u, ix in groups.items()) if len(groups) > 1
                      else next(iter(groups)) or "-")
             lines.append(
@@ -151,7 +151,7 @@ class Launcher:
         for st in plan(self.cfg):
             if not self._chosen(st.name):
                 continue
-            dep = [f"<{u} job>" for u in st.upstream_groups(list(range(st.num_tasks))) if u] or None
+            dep = [f"<{u} job>" for u in st.upstream_groups() if u] or None
             text = render_sbatch(self.cfg.cluster, job_name(self.cfg, st.name), st.resources,
                                  self.run.stage(st.name).logs, st.num_tasks, python=sys.executable,
                                  dependency=dep, code_dir=code_dir)

@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: setup models system smoke embed-smoke test cluster-up cluster-down
+.PHONY: setup models system smoke embed-smoke lint test cluster-up cluster-down
 setup: $(VENV)/.installed
 
 # Tiny local models for the smoke recipe and the tests (no hub access needed).
@@ -37,5 +37,10 @@ cluster-up:
 cluster-down:
 	bash tests/cluster/down.sh
 
-test: setup models system
+# Lint and the layering contracts (pyproject.toml [tool.ruff], [tool.importlinter]) run first: seconds.
+lint: setup
+	$(VENV)/bin/ruff check lib jobs scripts bench tests
+	$(VENV)/bin/lint-imports
+
+test: lint setup models system
 	$(VENV)/bin/python -m pytest tests

@@ -41,10 +41,13 @@ def one(model_dir: str, loss_name: str, batch: int, mini_batch: int, tokens: int
     torch.manual_seed(0)
     from PIL import Image
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.losses import (CachedMultipleNegativesRankingLoss,
-                                                                   MatryoshkaLoss, MultipleNegativesRankingLoss)
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MatryoshkaLoss,
+        MultipleNegativesRankingLoss,
+    )
 
-    from ain.vdr.fixtures import CATEGORIES, COUNTRIES, make_image, query_text
+    from ain_testkit.pearl_fixture import CATEGORIES, COUNTRIES, make_image, query_text
 
     cuda = torch.cuda.is_available()
     model = SentenceTransformer(model_dir, device="cuda" if cuda else "cpu")
@@ -103,7 +106,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.model, args.one[0], int(args.one[1]), args.mini_batch, args.tokens)))
         return
-    from ain.vdr.tiny_model import ensure_tiny_vdr_embedder
+    from ain_testkit.tiny_vdr_embedder import ensure_tiny_vdr_embedder
 
     ensure_tiny_vdr_embedder(args.model)
     rows = []

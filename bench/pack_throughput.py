@@ -113,11 +113,11 @@ def raw_copy(root: Path, rows: list[dict], dest: Path) -> float:
 
 
 def project_pack(root: Path) -> tuple[float, dict]:
-    from ain.config import PackConfig, RunConfig
+    import ain.data.pack as pack
+    from ain.config import RunConfig
+    from ain.data.config import PackConfig
     from ain.rundir import RunDir
     from ain.stages import TaskContext
-
-    import ain.data.pack as pack
 
     stage = RunDir(root).stage("pack")
     shutil.rmtree(stage.root, ignore_errors=True)
@@ -184,7 +184,7 @@ def read_all(out: Path, verify: bool) -> tuple[float, int, int]:
 
     t = time.perf_counter()
     n = nbytes = 0
-    for sample, members in iter_samples(out, verify=verify):
+    for sample, members in iter_samples(out, verify=verify):  # noqa: B007
         n += 1
         nbytes += sum(len(b) for b in members.values())
     return time.perf_counter() - t, n, nbytes
@@ -234,7 +234,7 @@ def main() -> None:
             if not args.no_wds:
                 wdir = tmp / "wds"
                 wdir.mkdir()
-                timed("wds_tarwriter", two, lambda: wds_pack(root, rows, wdir))
+                timed("wds_tarwriter", two, lambda: wds_pack(root, rows, wdir))  # noqa: B023
                 shutil.rmtree(wdir)
             print(json.dumps({"what": "round", "rep": rep, **{k: round(v[-1], 3) for k, v in times.items()}}),
                   flush=True)

@@ -191,7 +191,7 @@ def bench_embed(n: int, repeat: int) -> dict:
     import torch
 
     from ain.curate.metrics import Embedder
-    from ain.curate.tiny_embedder import build_tiny_embedder
+    from ain_testkit.tiny_embedder import build_tiny_embedder
 
     torch.set_num_threads(1)
     rng = random.Random(1)

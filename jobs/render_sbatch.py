@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Render the train stage as a plain sbatch script (srun + torchrun), for those who prefer
+"""Render the multi-node stage (training) as a plain sbatch script (srun + torchrun), for those who prefer
 `sbatch` to `jobs/submit_train.py`. The script comes from the same config as the submitit path.
 
     python jobs/render_sbatch.py recipe=ain cluster=slurm            # writes runs/ain/train.sbatch
@@ -12,9 +12,10 @@ still come from `python jobs/submit_train.py ... --only ingest,...,pack` or a pr
 import argparse
 import sys
 
-from ain.config import ConfigError, load_config
+from ain.config import load_config
+from ain.config_base import ConfigError
 from ain.slurm.launcher import resolve_run_dir
-from ain.slurm.sbatch import render_torchrun_sbatch
+from ain.slurm.sbatch import multi_node_stage, render_torchrun_sbatch
 from ain.slurm.snapshot import snapshot_code
 
 
@@ -25,18 +26,19 @@ def main() -> int:
     args = p.parse_args()
     try:
         cfg = load_config(args.overrides)
-        if "train" not in cfg.stages:
-            raise ConfigError("stages: the recipe has no train stage to render")
+        stage = multi_node_stage(cfg)
+        if stage is None:
+            raise ConfigError(f"stages: none of {cfg.stages} is a multi-node stage (train) to render")
         run = resolve_run_dir(cfg)
         with run.lock():
             run.freeze(cfg, force=args.force, argv=sys.argv)
-        run.stage("train").create()
+        run.stage(stage).create()
         code_dir = snapshot_code(run.root.resolve())  # the job runs this copy, not the checkout
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    path = run.root / "train.sbatch"
-    path.write_text(render_torchrun_sbatch(cfg, run.root, python=sys.executable, code_dir=code_dir))
+    path = run.root / f"{stage}.sbatch"
+    path.write_text(render_torchrun_sbatch(cfg, run.root, python=sys.executable, code_dir=code_dir, stage=stage))
     print(f"wrote {path}\nsubmit it with: sbatch {path}")
     return 0
 

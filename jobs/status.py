@@ -15,7 +15,7 @@ import time
 from rich.console import Console
 from rich.live import Live
 
-from ain.config import ConfigError
+from ain.config_base import ConfigError
 from ain.rundir import RunDir
 from ain.slurm.status import collect, render
 

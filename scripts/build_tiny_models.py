@@ -35,17 +35,17 @@ def stamp_of(*parts: bytes) -> str:
 
 
 def build(out: Path, force: bool = False) -> dict:
-    from ain.config import TRANSLATE_TO_AR_PROMPT, TRANSLATE_TO_EN_PROMPT
-    from ain.curate.tiny_embedder import build_tiny_embedder
-    from ain.curate.tiny_translator import memorise, translation_examples
-    from ain.serve.tiny import build_tiny_chat_model
+    from ain.curate.config import TRANSLATE_TO_AR_PROMPT, TRANSLATE_TO_EN_PROMPT
+    from ain_testkit.tiny_embedder import build_tiny_embedder
+    from ain_testkit.tiny_server import build_tiny_chat_model
+    from ain_testkit.tiny_translator import memorise, translation_examples
 
     report = {}
     table = json.loads(TABLE.read_text(encoding="utf-8"))
     texts = [TRANSLATE_TO_AR_PROMPT, TRANSLATE_TO_EN_PROMPT, *table["pairs"], *table["pairs"].values()]
     stamp = stamp_of(TABLE.read_bytes(), TRANSLATE_TO_AR_PROMPT.encode(), TRANSLATE_TO_EN_PROMPT.encode(),
-                     Path(__file__).read_bytes(), (ROOT / "lib/ain/serve/tiny.py").read_bytes(),
-                     (ROOT / "lib/ain/curate/tiny_translator.py").read_bytes())
+                     Path(__file__).read_bytes(), (ROOT / "lib/ain_testkit/tiny_server.py").read_bytes(),
+                     (ROOT / "lib/ain_testkit/tiny_translator.py").read_bytes())
     translator = out / "translator"
     stamp_file = translator / "ain_build_stamp.txt"
     if force or not stamp_file.exists() or stamp_file.read_text() != stamp:
@@ -58,7 +58,7 @@ def build(out: Path, force: bool = False) -> dict:
     if force or not (embedder / "modules.json").exists():
         build_tiny_embedder(embedder, texts, seed=0)
         report["embedder"] = str(embedder)
-    from ain.curate.tiny_judge import ensure_tiny_judge
+    from ain_testkit.tiny_judge import ensure_tiny_judge
 
     judge = ensure_tiny_judge(out / "judge", force=force)  # None: the stamped one was kept
     if judge is not None:

@@ -8,8 +8,8 @@ Defaults: .cache/tiny/vdr_embedder and .cache/fixtures/pearl. A stamp skips an u
 
 import sys
 
-from ain.vdr.fixtures import write_pearl_fixture
-from ain.vdr.tiny_model import ensure_tiny_vdr_embedder
+from ain_testkit.pearl_fixture import write_pearl_fixture
+from ain_testkit.tiny_vdr_embedder import ensure_tiny_vdr_embedder
 
 if __name__ == "__main__":
     model = sys.argv[1] if len(sys.argv) > 1 else ".cache/tiny/vdr_embedder"

@@ -9,9 +9,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from ain.config import ConfigError, describe_fields, load_config
-from ain.stages import select_stages
+from ain.config import describe_fields, load_config
+from ain.config_base import ConfigError
 from ain.slurm.launcher import Launcher, StageFailed, describe, resolve_run_dir, wait_for
+from ain.stages import select_stages
 
 HELP_EPILOG = "Overrides are key=value (e.g. recipe=ain cluster=slurm ingest.num_tasks=8). Keys:\n"
 

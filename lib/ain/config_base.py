@@ -1,13 +1,18 @@
-"""The pieces of the configuration schema that every stage's config module shares.
+"""The pieces of the configuration schema that every component shares: resources, judges, the
+cluster profile, and the helpers their `check` methods use.
 
-They live apart from `ain.config` so that stage packages (`ain.eval`, `ain.vdr`) can define their
-own config dataclasses next to their code without a circular import: `ain.config` imports them.
+They live apart from `ain.config` (the composition root, which imports every component's
+section) so that components and the infrastructure below them (`ain.slurm`, `ain.serve`) can use
+them without importing the components; see docs/ARCHITECTURE.md "Layers".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+import os
+from dataclasses import dataclass, field, is_dataclass
+from typing import Any, Callable, Optional, TypeVar
+
+from omegaconf import OmegaConf
 
 # need(ok, key, message): how a sub-config's `check` reports a mistake to `ain.config.validate`.
 Need = Callable[[bool, str, str], None]
@@ -92,3 +97,106 @@ class JudgeConfig:
     """Most tokens per answer (always sent: some servers default to far more)."""
     extra_body: dict[str, Any] = field(default_factory=dict)
     """Server-specific request keys (vLLM: guided decoding, top_k); empty for portable servers."""
+
+
+@dataclass
+class ClusterConfig:
+    """Where and how jobs run. Changing these between launches of a run is allowed."""
+
+    name: str = "local"
+    """Profile name (configs/cluster/<name>.yaml)."""
+    executor: str = "auto"
+    """auto: Slurm when `sbatch` works here, else submitit's local executor; or slurm / local."""
+    partition: Optional[str] = None
+    """Slurm partition (-p)."""
+    account: Optional[str] = None
+    """Slurm account (-A)."""
+    qos: Optional[str] = None
+    """Slurm quality of service."""
+    constraint: Optional[str] = None
+    """Slurm node feature constraint (-C), e.g. a100."""
+    gres: Optional[str] = None
+    """Explicit --gres string for GPU stages on clusters that want one (e.g. gpu:a100:8); by default
+    GPUs are requested with --gpus-per-node from the stage's resources."""
+    max_nodes: int = 1
+    """Nodes one job may use on this cluster; larger requests are refused before submission."""
+    max_gpus_per_node: int = 0
+    """GPUs per node on this cluster."""
+    max_cpus_per_node: int = 2
+    """CPU cores per node on this cluster."""
+    max_time_min: int = 2880
+    """Longest time limit the partition accepts."""
+    signal_delay_s: int = 120
+    """Seconds before the time limit at which Slurm sends USR2 (the task checkpoints and requeues)."""
+    array_parallelism: int = 64
+    """Most array tasks of one stage running at once (the %N throttle)."""
+    max_requeues: int = 3
+    """Times one task may be requeued after preemption or time limit before it is failed."""
+    extra_sbatch: dict[str, str] = field(default_factory=dict)
+    """Extra sbatch options, name -> value (e.g. {reservation: big, exclusive: ""})."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run in each job before the task (module load ..., source venv/bin/activate)."""
+    poll_s: float = 2.0
+    """Seconds between polls while waiting on jobs (local executor, --wait)."""
+
+
+def model_exists_or_hub_id(name: str) -> bool:
+    """A name that looks like a path ('/...', './...', '.cache/...') must exist."""
+    return not name.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(name))
+
+
+def absolute_if_local(name: str) -> str:
+    """Model names are hub ids unless they exist here as directories; those become absolute,
+    because jobs run from another working directory."""
+    if name and not os.path.isabs(name) and os.path.isdir(name):
+        return os.path.abspath(name)
+    return name
+
+
+def check_judge(judge: JudgeConfig, key: str, need: Need, check_paths: bool) -> None:
+    """The checks every judge section gets, whichever stage uses it."""
+    srv = judge.server
+    need(bool(judge.model), f"{key}.model", "empty: name a hub id or a local model directory")
+    if check_paths:
+        need(model_exists_or_hub_id(judge.model), f"{key}.model", f"{judge.model!r}: no such local directory")
+    need(srv.mode in ("per_task", "shared", "external"), f"{key}.server.mode", "per_task, shared or external")
+    if srv.mode == "external":
+        need(bool(srv.url), f"{key}.server.url", "external mode needs the endpoint's base URL (…/v1)")
+        if srv.api_key_env:
+            need(srv.api_key_env in os.environ, f"{key}.server.api_key_env",
+                 f"environment variable {srv.api_key_env} is not set on this login node")
+    else:
+        need(bool(srv.command), f"{key}.server.command", "empty: give the server command as a list")
+        need(srv.tensor_parallel_size >= 1, f"{key}.server.tensor_parallel_size", "must be >= 1")
+    if srv.mode == "shared":
+        need(srv.host not in ("127.0.0.1", "localhost"), f"{key}.server.host",
+             "a shared server must listen beyond loopback (e.g. 0.0.0.0) for clients on other nodes")
+    need(judge.max_concurrency >= 1, f"{key}.max_concurrency", "must be >= 1")
+    need(judge.max_retries >= 0, f"{key}.max_retries", "must be >= 0")
+    need(judge.max_tokens >= 1, f"{key}.max_tokens", "must be >= 1")
+    need(judge.request_timeout_s > 0, f"{key}.request_timeout_s", "must be > 0")
+
+
+T = TypeVar("T")
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_from_yaml(cls: type[T], text: str) -> T:
+    merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(text))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """{'ingest.num_tasks': 2, ...}: for diffs between a frozen and a new config."""
+    container = OmegaConf.to_container(OmegaConf.structured(cfg)) if is_dataclass(cfg) else cfg
+    out: dict[str, Any] = {}
+    for key, value in container.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

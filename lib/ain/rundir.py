@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import json
 import os
 import socket
@@ -25,10 +26,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
+from ain import PROJECT_ROOT
 from ain.atomic import atomic_write_json, atomic_write_text, read_json
-from ain.config import ConfigError, RunConfig, flatten, from_yaml, to_yaml
+from ain.config_base import ConfigError, config_from_yaml, flatten, to_yaml
+
+if TYPE_CHECKING:
+    from ain.config import RunConfig
+
+# The class a frozen config.yaml holds. The run directory sits below the components (layers in
+# docs/ARCHITECTURE.md) while RunConfig is composed above them, so it is named here by import
+# path, as stage functions are, and resolved when a config is read.
+CONFIG_CLASS = "ain.config:RunConfig"
 
 # Keys that may change between launches of one run: where and how jobs run, not what they compute.
 MUTABLE_PREFIXES = ("cluster.",)
@@ -114,13 +124,15 @@ class RunDir:
     def exists(self) -> bool:
         return self.config_path.exists()
 
-    def load_config(self) -> RunConfig:
+    def load_config(self) -> "RunConfig":
         if not self.config_path.exists():
             raise ConfigError(f"{self.root}: not a run directory (no config.yaml)")
-        return from_yaml(self.config_path.read_text(encoding="utf-8"))
+        module, name = CONFIG_CLASS.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        return config_from_yaml(cls, self.config_path.read_text(encoding="utf-8"))
 
     # launching --------------------------------------------------------------------------------
-    def freeze(self, cfg: RunConfig, force: bool = False, argv: list[str] | None = None) -> list[str]:
+    def freeze(self, cfg: "RunConfig", force: bool = False, argv: list[str] | None = None) -> list[str]:
         """Write config.yaml on first launch; on later launches refuse a changed config unless
         forced. Returns the changed keys (empty when nothing changed)."""
         private_mkdir(self.root)
@@ -187,7 +199,7 @@ class RunDir:
 
 def _git_state() -> dict[str, Any]:
     """Code version of a launch: SHA and a short dirty diff summary, if this is a git checkout."""
-    root = Path(__file__).resolve().parents[2]
+    root = PROJECT_ROOT
     try:
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=10).stdout.strip()

@@ -6,8 +6,9 @@ writes its outputs atomically, and returns a dict of counts that becomes its com
 submits only the missing indices.
 
 A stage's code is one function `run_task(ctx: TaskContext) -> dict`. Its sub-config is
-`getattr(cfg, stage_name)` and must have `num_tasks` and `resources`. Functions are named here by
-import path so the login node does not import heavy stage code (torch, ...) just to plan.
+`getattr(cfg, stage_name)` and must have `num_tasks` and `resources`. `StageSpec` says the rest;
+the registry of specs is `ain.pipeline.STAGES`, and a `RunConfig` carries it (`cfg.stage_specs`),
+so this module and the scheduler below the components never import a component.
 """
 
 from __future__ import annotations
@@ -18,37 +19,58 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from ain.atomic import ResumableJsonl
-from ain.config import ConfigError, Resources, RunConfig
+from ain.config_base import ConfigError, JudgeConfig, Resources
 from ain.rundir import RunDir, StagePaths
 
-STAGE_FUNCTIONS: dict[str, str] = {
-    "canary": "ain.slurm.canary:run_canary_task",
-    "ingest": "ain.data.ingest:run_ingest_task",
-    "translate": "ain.curate.translate:run_translate_task",
-    "verify": "ain.curate.verify:run_verify_task",
-    "safety": "ain.curate.safety:run_safety_task",
-    "mix": "ain.curate.mix:run_mix_task",
-    "pack": "ain.data.pack:run_pack_task",
-    "report": "ain.curate.report:run_report_task",
-    "train": "ain.train.stage:run_train_task",
-    "export": "ain.train.export:run_export_task",
-    "eval": "ain.eval.stage:run_eval_task",
-    "eval_report": "ain.eval.report:run_eval_report_task",
-    "vdr_prepare": "ain.vdr.prepare:run_prepare_task",
-    "vdr_train": "ain.vdr.train:run_train_task",
-    "vdr_eval": "ain.vdr.evaluate:run_eval_task",
-    "vdr_report": "ain.vdr.report:run_report_task",
-}
+if TYPE_CHECKING:
+    from ain.config import RunConfig
+
+
+def _no_judges(section: Any, cfg: "RunConfig", run_root: Optional[Path]) -> dict[str, JudgeConfig]:
+    return {}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Everything the launcher, the task wrapper, the dry run and `jobs/status.py` know of a stage."""
+
+    name: str
+    """The stage's name: its key in recipes' `stages`, its RunConfig section, its run directory."""
+    run: str
+    """`module:function` of `run_task(ctx: TaskContext) -> dict` (imported only inside the job)."""
+    config: type
+    """Its config section (a dataclass with `num_tasks`, `resources`, optional `resolve(cfg)` and
+    `check(cfg, need, check_paths)`)."""
+    judges: Callable[[Any, "RunConfig", Optional[Path]], dict[str, JudgeConfig]] = _no_judges
+    """(section, cfg, run_root) -> role -> the judge it starts or calls. Stages naming the same role
+    share its server in `shared` mode (translate and verify share the translator)."""
+    task_depends_on: Optional[Callable[[Any, "RunConfig"], list[Optional[str]]]] = None
+    """(section, cfg) -> per task, the earlier stage it waits for; None: every task waits for the
+    previous listed stage."""
+    multi_node: bool = False
+    """One job of nodes x tasks_per_node ranks (srun + torch.distributed), not an array of
+    independent tasks; `jobs/render_sbatch.py` renders it for plain sbatch."""
+    progress: Optional[str] = None
+    """`module:function` (out_dir) -> dict | None: live progress for `jobs/status.py` (step, ETA)."""
+    estimate: Optional[str] = None
+    """`module:function` (cfg, run_root) -> an object with `describe()`: the dry run's cost line."""
+
+
+def load_hook(path: str) -> Callable[..., Any]:
+    """The function named `module:function` (run functions and hooks of a StageSpec)."""
+    module, attr = path.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 @dataclass
 class TaskContext:
     """Everything one task of one stage needs."""
 
-    cfg: RunConfig
+    cfg: "RunConfig"
     run: RunDir
     stage: str
     index: int
@@ -120,12 +142,16 @@ def windows(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 @dataclass(frozen=True)
 class PlannedStage:
-    name: str
+    spec: StageSpec
     num_tasks: int
     resources: Resources
     depends_on: str | None
     task_depends_on: tuple[str | None, ...] = ()
     """Per task, the stage it waits for, where the tasks differ (else all wait for depends_on)."""
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     def upstream_of(self, index: int) -> str | None:
         return self.task_depends_on[index] if self.task_depends_on else self.depends_on
@@ -138,27 +164,27 @@ class PlannedStage:
         return groups
 
 
-def plan(cfg: RunConfig) -> list[PlannedStage]:
+def plan(cfg: "RunConfig") -> list[PlannedStage]:
     """The DAG of this run: the recipe's stages in pipeline order, each after the previous, except
-    where a stage section's `task_depends_on(cfg)` names, per task, an earlier stage to wait for
+    where a stage's spec has `task_depends_on`, naming per task an earlier stage to wait for
     instead (vdr_eval: base models need only the prepared dataset, not the fine-tune)."""
     out: list[PlannedStage] = []
     previous: str | None = None
     for position, name in enumerate(cfg.stages):
-        sub = getattr(cfg, name)
+        spec, sub = cfg.spec(name), getattr(cfg, name)
         per_task: tuple[str | None, ...] = ()
-        if hasattr(sub, "task_depends_on"):
-            per_task = tuple(sub.task_depends_on(cfg))
+        if spec.task_depends_on is not None:
+            per_task = tuple(spec.task_depends_on(sub, cfg))
             earlier = set(cfg.stages[:position])
             if len(per_task) != sub.num_tasks or any(u is not None and u not in earlier for u in per_task):
                 raise ValueError(f"{name}.task_depends_on gave {per_task}: need {sub.num_tasks} entries, "
                                  f"each None or one of the earlier stages {sorted(earlier)}")
-        out.append(PlannedStage(name, sub.num_tasks, sub.resources, previous, per_task))
+        out.append(PlannedStage(spec, sub.num_tasks, sub.resources, previous, per_task))
         previous = name
     return out
 
 
-def select_stages(cfg: RunConfig, only: list[str] | None = None, start: str | None = None) -> list[str] | None:
+def select_stages(cfg: "RunConfig", only: list[str] | None = None, start: str | None = None) -> list[str] | None:
     """The stages a launch may submit: `--only a,b` (just those) or `--from s` (s and every later
     stage of the recipe); None means all. The others are left alone: their done tasks count,
     their queued ones are waited on, and an incomplete one upstream of the selection is an error
@@ -176,8 +202,5 @@ def select_stages(cfg: RunConfig, only: list[str] | None = None, start: str | No
     return names or None
 
 
-def stage_function(name: str) -> Callable[[TaskContext], dict[str, Any]]:
-    if name not in STAGE_FUNCTIONS:
-        raise ValueError(f"stage {name!r} has no implementation; known: {sorted(STAGE_FUNCTIONS)}")
-    module, attr = STAGE_FUNCTIONS[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+def stage_function(spec: StageSpec) -> Callable[[TaskContext], dict[str, Any]]:
+    return load_hook(spec.run)

@@ -1,6 +1,6 @@
 """The safety stage end to end: ingest of the smoke fixtures, then the safety stage's tasks
 in-process through `StageTask` (markers, resume, failure records as on the cluster), against a
-real `transformers serve` on the tiny judge (lib/ain/curate/tiny_judge.py), which memorised
+real `transformers serve` on the tiny judge (lib/ain_testkit/tiny_judge.py), which memorised
 tests/fixtures/safety/verdicts.json.
 
 The judge is reused from .cache/tiny/judge (or $AIN_TINY_JUDGE) when its build stamp matches,
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from ain.config import ServerConfig, load_config, validate
-from ain.curate.safety import (JUDGED, UNJUDGED, UNSAFE, image_task, judge_text, load_verdicts,
-                               sample_safety)
+from ain.config import load_config, validate
+from ain.config_base import ServerConfig
+from ain.curate.safety import JUDGED, UNJUDGED, UNSAFE, image_task, judge_text, load_verdicts, sample_safety
 from ain.rundir import RunDir
 from ain.slurm.task import StageTask
 from tests.stage_helpers import ingested_run
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def judge_dir(tmp_path_factory) -> Path:
-    from ain.curate.tiny_judge import build_tiny_judge, stamp_matches
+    from ain_testkit.tiny_judge import build_tiny_judge, stamp_matches
 
     for candidate in (os.environ.get("AIN_TINY_JUDGE"), ROOT / ".cache/tiny/judge"):
         if candidate and stamp_matches(candidate):
@@ -278,7 +278,7 @@ def test_tiny_judge_renders_requests_as_the_server_does():
     from transformers.cli.serving.utils import BaseHandler, Modality
 
     from ain.curate.safety import text_messages, vision_messages
-    from ain.curate.tiny_judge import _server_messages_fallback
+    from ain_testkit.tiny_judge import _server_messages_fallback
 
     for messages in (vision_messages("POLICY", "data:image/png;base64,AAAA"), text_messages("Judge {text}", "x"),
                      [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "t"}]}]):

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from ain.config import TranslateConfig, load_config
-from ain.curate.translator import SkipSample, Translator
+from ain.config import load_config
+from ain.curate.config import TranslateConfig
+from ain.curate.translator import Translator, UntranslatableSample
 from ain.rundir import RunDir
 from ain.serve.server import check_health, free_port
 from ain.slurm.task import StageTask
@@ -135,9 +136,9 @@ def test_server_killed_mid_stage_loses_and_duplicates_nothing(tmp_path, chdir_ro
 
 def test_empty_and_over_long_turns_follow_the_policy():
     translator = Translator(client=None, cfg=TranslateConfig(max_chars=20, over_long="skip"))
-    with pytest.raises(SkipSample, match="over_long"):
+    with pytest.raises(UntranslatableSample, match="over_long"):
         translator.prepare({"turns": [{"role": "user", "content": "x" * 21}]})
-    with pytest.raises(SkipSample, match="empty"):
+    with pytest.raises(UntranslatableSample, match="empty"):
         translator.prepare({"turns": [{"role": "user", "content": "<image>\n"}, {"role": "assistant", "content": "42"}]})
     truncating = Translator(client=None, cfg=TranslateConfig(max_chars=5, over_long="truncate"))
     turns = truncating.prepare({"turns": [{"role": "user", "content": "Hello world"}]})

@@ -26,7 +26,8 @@ from PIL import Image
 
 import ain.data.ingest as ingest
 from ain.atomic import iter_jsonl
-from ain.config import IngestConfig, IngestSource, RunConfig
+from ain.config import RunConfig
+from ain.data.config import IngestConfig, IngestSource
 from ain.data.readers import SourceError
 from ain.rundir import RunDir
 from ain.stages import TaskContext

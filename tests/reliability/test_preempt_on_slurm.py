@@ -15,10 +15,10 @@ import subprocess
 
 import pytest
 
+from ain.serve.server import free_port
 from tests.e2e.test_translate_faults import MODEL, ServerProcess, english_ids, translations
 from tests.slurm.conftest import wait_until
 from tests.slurm.test_eval_on_slurm import fixture_mirror, predictions
-from ain.serve.server import free_port
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow,
               pytest.mark.skipif(not MODEL.exists(), reason="run `make models` first")]

@@ -21,13 +21,13 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from ain.vdr.tiny_model import ensure_tiny_vdr_embedder
+    from ain_testkit.tiny_vdr_embedder import ensure_tiny_vdr_embedder
 
     return ensure_tiny_vdr_embedder(MODEL)  # stamped: built once per machine
 
 
 def test_vdr_track_preempted_once_resumes_and_reports(slurm_run, tiny_model, tmp_path):
-    from ain.vdr.fixtures import write_pearl_fixture
+    from ain_testkit.pearl_fixture import write_pearl_fixture
 
     pearl = write_pearl_fixture(tmp_path / "pearl")
     steps = 100  # the recipe's

@@ -11,9 +11,17 @@ import time
 
 import pytest
 
-from ain.config import JudgeConfig, ServerConfig
-from ain.serve.client import (ChatClient, EndpointUnavailable, InvalidAnswer, RequestRejected, ResponseCache,
-                              extract_json, request_key, run_all)
+from ain.config_base import JudgeConfig, ServerConfig
+from ain.serve.client import (
+    ChatClient,
+    EndpointUnavailable,
+    InvalidAnswer,
+    RequestRejected,
+    ResponseCache,
+    extract_json,
+    request_key,
+    run_all,
+)
 from ain.serve.server import endpoint
 from tests.serve_helpers import FakeChatServer
 
@@ -234,7 +242,7 @@ def test_api_key_never_leaks(tmp_path, monkeypatch, caplog):
 
 
 def test_missing_api_key_variable_is_named(tmp_path, monkeypatch):
-    from ain.config import ConfigError
+    from ain.config_base import ConfigError
     monkeypatch.delenv("AIN_TEST_NO_SUCH_KEY", raising=False)
     judge = JudgeConfig(model="m", server=ServerConfig(mode="external", url="http://127.0.0.1:9/v1",
                                                        api_key_env="AIN_TEST_NO_SUCH_KEY"))

@@ -17,8 +17,17 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 from PIL import Image  # noqa: E402
 
-from ain.train.collate import (IGNORE_INDEX, TOO_LONG, collate_packed, collate_padded, encode_sample,  # noqa: E402
-                               pack_rows, packing_efficiency, rope_positions, try_encode)
+from ain.train.collate import (  # noqa: E402
+    IGNORE_INDEX,
+    TOO_LONG,
+    collate_packed,
+    collate_padded,
+    encode_sample,
+    pack_rows,
+    packing_efficiency,
+    rope_positions,
+    try_encode,
+)
 
 TEXTS = ["What colour is the square?", "The square is red.", "ما لون المربع؟", "المربع أحمر.",
          "Describe the picture in detail.", "A blue rectangle on a plain background, nothing else.",
@@ -54,7 +63,7 @@ def cfg(max_length: int = 2048, min_pixels: int = 56 * 56, max_pixels: int = 112
 def tiny(tmp_path_factory):
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-    from ain.curate.tiny_judge import build_model_dir
+    from ain_testkit.tiny_judge import build_model_dir
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("tiny_qwen2vl")
@@ -110,7 +119,7 @@ def test_images_follow_placeholders_and_pixel_limits(tiny, encoded):
             continue
         assert enc.image_grid_thw.shape == (len(specs), 3)
         assert n_pad == int(enc.image_grid_thw.prod(-1).sum()) // 4  # merge 2x2
-        for t, h, w in enc.image_grid_thw.tolist():
+        for t, h, w in enc.image_grid_thw.tolist():  # noqa: B007
             assert 56 * 56 <= h * 14 * w * 14 <= 112 * 112
     # a smaller max_pixels shrinks the image; a larger one keeps more patches
     small = encode_sample(processor, SAMPLES[1], [png("green", 140, 140)], cfg(max_pixels=56 * 56))
@@ -174,7 +183,7 @@ def test_packed_model_loss_and_padded_baseline(tiny, encoded):
             out = model(**enc.model_inputs())
             per_row.append((float(out.loss), int((enc.labels[1:] != IGNORE_INDEX).sum())))
         padded_loss = model(**padded).loss
-    token_mean = sum(l * n for l, n in per_row) / sum(n for _, n in per_row)
+    token_mean = sum(l * n for l, n in per_row) / sum(n for _, n in per_row)  # noqa: E741
     assert abs(float(packed) - token_mean) < 1e-4
     assert abs(float(padded_loss) - token_mean) < 1e-4
 
@@ -244,7 +253,7 @@ def test_pack_rows_best_fit_beats_greedy():
         assert pack_rows(lengths, max_length, buffer=1) == next_fit(lengths, max_length)
 
         def fill(n_rows):
-            return round(sum(lengths) / (n_rows * max_length), 4)
+            return round(sum(lengths) / (n_rows * max_length), 4)  # noqa: B023
 
         best = packing_efficiency(lengths, max_length, 64)
         assert round(best, 4) == fill(len(rows))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ain.config import ConfigError, RunConfig, describe_fields, from_yaml, load_config, to_yaml
+from ain.config import RunConfig, describe_fields, from_yaml, load_config
+from ain.config_base import ConfigError, to_yaml
 
 
 def test_recipe_cluster_and_overrides_compose(chdir_root):

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from ain.config import TrainConfig
+from ain.train.config import TrainConfig
 from ain.train.ds_config import deepspeed_config, derive_batch, warmup_steps
 
 
@@ -78,7 +78,7 @@ def test_warmup_and_bad_inputs():
 _SCRIPT = textwrap.dedent("""
     import json, sys
     import torch, deepspeed
-    from ain.config import TrainConfig
+    from ain.train.config import TrainConfig
     from ain.train.ds_config import deepspeed_config
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="gloo")

@@ -18,7 +18,8 @@ from typing import Any, Optional, Union
 
 import pytest
 
-from ain.config import JudgeConfig, RunConfig, ServerConfig
+from ain.config import RunConfig
+from ain.config_base import JudgeConfig, ServerConfig
 from ain.eval import scoring as s
 from ain.eval.config import EvalConfig
 from ain.eval.prompts import LATIN

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ain.config import ConfigError, describe_fields, load_config
+from ain.config import describe_fields, load_config
+from ain.config_base import ConfigError
 from ain.eval.config import EvalConfig
 from ain.eval.data import DataError, iter_items
 from ain.eval.registry import RegistryError, eval_units, load_registry

@@ -16,7 +16,8 @@ import pytest
 
 import ain.data.ingest as ingest
 from ain.atomic import iter_jsonl
-from ain.config import IngestConfig, IngestSource, RunConfig
+from ain.config import RunConfig
+from ain.data.config import IngestConfig, IngestSource
 from ain.data.readers import RowError, SourceError, iter_rows
 from ain.rundir import RunDir
 from ain.stages import TaskContext
@@ -115,7 +116,7 @@ def test_counters_match_files(three_tasks):
         for key, n in st["counters"].items():
             if key.startswith("quarantined_"):
                 by_kind[key[len("quarantined_"):]] = by_kind.get(key[len("quarantined_"):], 0) + n
-        for name, meta in st["files"].items():
+        for name, meta in st["files"].items():  # noqa: B007
             path = out_dir(root) / meta["file"]
             assert hashlib.sha256(path.read_bytes()).hexdigest() == meta["sha256"]
     assert by_kind == EXPECTED["bad_by_kind"]

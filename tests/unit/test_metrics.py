@@ -12,8 +12,8 @@ import math
 
 import pytest
 
-from ain.config import VerifyConfig
 from ain.curate import metrics
+from ain.curate.config import VerifyConfig
 from ain.curate.metrics import (
     GateDecision,
     RegexTokenizer,
@@ -259,7 +259,7 @@ TEXTS = ["the cat sat on the mat", AR, "a red car", "سيارة حمراء", "Wh
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from ain.curate.tiny_embedder import build_tiny_embedder
+    from ain_testkit.tiny_embedder import build_tiny_embedder
 
     return build_tiny_embedder(tmp_path_factory.mktemp("tiny-embedder"), TEXTS, seed=0)
 
@@ -297,7 +297,7 @@ def test_embedder_edge_cases(embedder):
 
 
 def test_tiny_embedder_is_deterministic(tiny_model, tmp_path, embedder):
-    from ain.curate.tiny_embedder import build_tiny_embedder
+    from ain_testkit.tiny_embedder import build_tiny_embedder
 
     again = metrics.Embedder(str(build_tiny_embedder(tmp_path / "again", TEXTS, seed=0)), device="cpu")
     assert again.cosine_pairs(TEXTS[:3], TEXTS[3:6]) == pytest.approx(embedder.cosine_pairs(TEXTS[:3], TEXTS[3:6]),

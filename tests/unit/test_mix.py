@@ -8,7 +8,8 @@ import logging
 
 import pytest
 
-from ain.config import MixConfig, RunConfig
+from ain.config import RunConfig
+from ain.curate.config import MixConfig
 from ain.curate.mix import run_mix_task, share_split
 from ain.rundir import RunDir
 from ain.stages import TaskContext

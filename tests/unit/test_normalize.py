@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ain.config import IngestSource
+from ain.data.config import IngestSource
 from ain.data.normalize import detect_language, detect_style, normalize_row
 from ain.data.schema import BadRow, Sample, safe_key
 

@@ -16,8 +16,9 @@ import pytest
 
 import ain.data.ingest as ingest
 import ain.data.pack as pack
-from ain.config import IngestConfig, IngestSource, PackConfig, RunConfig
+from ain.config import RunConfig
 from ain.data import shards
+from ain.data.config import IngestConfig, IngestSource, PackConfig
 from ain.data.shards import CorruptShard, iter_samples, read_manifest, safe_extract, verify_shard
 from ain.rundir import RunDir
 from ain.stages import TaskContext

@@ -7,7 +7,8 @@ import stat
 
 import pytest
 
-from ain.config import ConfigError, RunConfig
+from ain.config import RunConfig
+from ain.config_base import ConfigError
 from ain.rundir import RunDir
 
 

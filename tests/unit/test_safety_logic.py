@@ -10,11 +10,31 @@ import json
 import jsonschema
 import pytest
 
-from ain.config import LLAVAGUARD_CATEGORIES, RunConfig, SafetyConfig, ServerConfig
-from ain.curate.safety import (NA_CATEGORY, VerdictError, category_code, category_label, default_text_prompt,
-                               default_vision_prompt, image_data_url, image_task, input_files, interpret,
-                               iter_units, judge_text, load_verdicts, same_endpoint, sample_safety, text_messages,
-                               text_prompt, verdict_schema, vision_messages, vision_prompt)
+from ain.config import RunConfig
+from ain.config_base import ServerConfig
+from ain.curate.config import LLAVAGUARD_CATEGORIES, SafetyConfig
+from ain.curate.safety import (
+    NA_CATEGORY,
+    VerdictError,
+    category_code,
+    category_label,
+    default_text_prompt,
+    default_vision_prompt,
+    image_data_url,
+    image_task,
+    input_files,
+    interpret,
+    iter_units,
+    judge_text,
+    load_verdicts,
+    same_endpoint,
+    sample_safety,
+    text_messages,
+    text_prompt,
+    verdict_schema,
+    vision_messages,
+    vision_prompt,
+)
 from ain.rundir import RunDir
 
 REPORT_CATEGORIES = ["O1", "O2", "O3", "O4", "O6", "O7", "O8", "O9"]

@@ -17,10 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ain.config import ConfigError, JudgeConfig, ServerConfig
+from ain.config_base import ConfigError, JudgeConfig, ServerConfig
 from ain.serve.client import ChatClient, EndpointUnavailable, InvalidAnswer, run_all
-from ain.serve.server import (ManagedServer, ServerStartError, address_path, endpoint, render_command,
-                              serve_shared)
+from ain.serve.server import ManagedServer, ServerStartError, address_path, endpoint, render_command, serve_shared
 
 PY = sys.executable
 
@@ -144,7 +143,7 @@ def test_sigterm_with_default_handler_stops_server_and_terminates(tmp_path):
     pidfile = tmp_path / "server.pid"
     script = textwrap.dedent(f"""
         import sys, time
-        from ain.config import ServerConfig
+        from ain.config_base import ServerConfig
         from ain.serve.server import ManagedServer
         cfg = ServerConfig(command=[sys.executable, "-m", "http.server", "{{port}}", "--bind", "{{host}}"],
                            health_path="/", startup_timeout_s=20)
@@ -247,7 +246,7 @@ TEXTS = [
 @pytest.mark.slow
 def test_transformers_serve_end_to_end(tmp_path):
     pytest.importorskip("fastapi")
-    from ain.serve.tiny import build_tiny_chat_model
+    from ain_testkit.tiny_server import build_tiny_chat_model
 
     exe = Path(PY).parent / "transformers"
     if not exe.exists():

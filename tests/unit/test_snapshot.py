@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ain.config import ConfigError, load_config
+from ain.config import load_config
+from ain.config_base import ConfigError
 from ain.slurm.sbatch import pin_code_line, render_sbatch
 from ain.slurm.snapshot import code_digest, snapshot_code
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ain.data.shards import CorruptShard, ShardWriter, read_manifest
-from ain.train.stream import (CollateWithState, ShardDataset, ShardStream, StateTracker, plan_epoch)
+from ain.train.stream import CollateWithState, ShardDataset, ShardStream, StateTracker, plan_epoch
 
 SHARD_SIZES = [7, 3, 11, 1, 5]  # 27 samples, uneven shards
 

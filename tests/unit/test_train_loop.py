@@ -181,7 +181,7 @@ DRIVER = r"""
 import json, sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
-from ain.config import TrainConfig
+from ain.train.config import TrainConfig
 from ain.train.loop import train
 a = json.loads(Path(sys.argv[1]).read_text())
 calls = [0]
@@ -203,7 +203,7 @@ def _free_port():
 @pytest.fixture(scope="module")
 def vl_setup(tmp_path_factory):
     pytest.importorskip("deepspeed")
-    from ain.curate.tiny_judge import build_model_dir
+    from ain_testkit.tiny_judge import build_model_dir
 
     root = tmp_path_factory.mktemp("loop")
     build_model_dir(root / "model", TEXTS, [], seed=0)
@@ -278,7 +278,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint_and_export_loads(vl_se
     import torch
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-    from ain.config import TrainConfig
+    from ain.train.config import TrainConfig
     from ain.train.export import export_checkpoint
 
     root = vl_setup

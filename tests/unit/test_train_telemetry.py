@@ -4,11 +4,11 @@ GPU-hours estimate, and stage selection (--only / --from)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from ain.config import ConfigError, load_config
+from ain.config import load_config
+from ain.config_base import ConfigError
 from ain.stages import select_stages
 from ain.train.estimate import estimate_train
 from ain.train.telemetry import TrainLog, _cut_jsonl, read_metrics, row_flops
@@ -124,7 +124,7 @@ def test_dry_run_prints_the_plan_even_before_the_data_is_staged(chdir_root, tmp_
 
 
 def test_status_training_progress_and_eta(tmp_path):
-    from ain.slurm.status import training_progress
+    from ain.train.telemetry import training_progress
 
     assert training_progress(tmp_path) is None
     (tmp_path / "metrics.jsonl").write_text("".join(

@@ -7,7 +7,8 @@ import dataclasses
 
 import pytest
 
-from ain.config import ConfigError, _field_docs, load_config
+from ain.config import _field_docs, load_config
+from ain.config_base import ConfigError
 from ain.vdr import config as vc
 
 
@@ -34,7 +35,7 @@ def test_vdr_ar_is_the_blogs_recipe(chdir_root):
 
 
 def test_vdr_smoke_loads_with_absolute_paths(chdir_root, tmp_path):
-    from ain.vdr.fixtures import write_pearl_fixture
+    from ain_testkit.pearl_fixture import write_pearl_fixture
 
     pearl = write_pearl_fixture(tmp_path / "pearl")
     cfg = load_config(["recipe=vdr_smoke", f"vdr_prepare.source={pearl}"], check_paths=False)
@@ -78,7 +79,7 @@ def test_submit_embed_defaults_to_vdr_ar_and_user_recipe_wins(chdir_root, tmp_pa
     import subprocess
     import sys
 
-    from ain.vdr.tiny_model import ensure_tiny_vdr_embedder
+    from ain_testkit.tiny_vdr_embedder import ensure_tiny_vdr_embedder
 
     ensure_tiny_vdr_embedder(chdir_root / ".cache/tiny/vdr_embedder")  # the smoke recipe's model must exist
     ar = subprocess.run([sys.executable, "jobs/submit_embed.py", "cluster=localslurm", f"runs_root={tmp_path}",

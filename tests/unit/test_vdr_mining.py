@@ -10,9 +10,9 @@ import torch
 
 from ain.vdr import mining
 from ain.vdr.config import VdrPrepareConfig, VdrTrainConfig
-from ain.vdr.fixtures import write_pearl_fixture
 from ain.vdr.prepare import DATASET_DIR, prepare
-from ain.vdr.tiny_model import ensure_tiny_vdr_embedder
+from ain_testkit.pearl_fixture import write_pearl_fixture
+from ain_testkit.tiny_vdr_embedder import ensure_tiny_vdr_embedder
 
 ROOT = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)
@@ -68,5 +68,5 @@ def test_training_on_mined_negatives(tmp_path):
     cfg.mining.enabled = True
     mined = mining.ensure_mined_negatives(cfg, tmp_path / "prep" / DATASET_DIR, tmp_path / "out")
     assert mining.ensure_mined_negatives(cfg, tmp_path / "prep" / DATASET_DIR, tmp_path / "out", rank=1) == mined
-    result = train.train(cfg, tmp_path / "prep" / DATASET_DIR, tmp_path / "out", mined_negatives=mined)
+    result = train.train_embedder(cfg, tmp_path / "prep" / DATASET_DIR, tmp_path / "out", mined_negatives=mined)
     assert result["steps"] == 2 and (tmp_path / "out" / train.FINAL_DIR).is_dir()

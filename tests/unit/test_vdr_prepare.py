@@ -14,7 +14,7 @@ import pytest
 
 from ain.vdr import prepare as prep
 from ain.vdr.config import VdrPrepareConfig
-from ain.vdr.fixtures import CATEGORIES, fixture_rows, write_pearl_fixture
+from ain_testkit.pearl_fixture import CATEGORIES, fixture_rows, write_pearl_fixture
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import torch
 
 from ain.vdr import evaluate, report, train
 from ain.vdr.config import VdrPrepareConfig, VdrTrainConfig
-from ain.vdr.fixtures import write_pearl_fixture
 from ain.vdr.prepare import DATASET_DIR, prepare
-from ain.vdr.tiny_model import ensure_tiny_vdr_embedder
+from ain_testkit.pearl_fixture import write_pearl_fixture
+from ain_testkit.tiny_vdr_embedder import ensure_tiny_vdr_embedder
 
 ROOT = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)
@@ -41,10 +41,10 @@ def _cfg(model, **kw) -> VdrTrainConfig:
 def test_stop_flag_saves_then_resume_finishes(setup):
     model, data, base = setup
     out = base / "train"
-    first = train.train(_cfg(model), data, out, stop_flag=lambda: True)
+    first = train.train_embedder(_cfg(model), data, out, stop_flag=lambda: True)
     assert first["stopped_early"] and first["steps"] == 1          # saved at the first step boundary
     assert train.last_checkpoint(out / "ckpt").name == "checkpoint-1" and not (out / train.FINAL_DIR).exists()
-    second = train.train(_cfg(model), data, out)
+    second = train.train_embedder(_cfg(model), data, out)
     assert not second["stopped_early"] and second["resumed_from_step"] == 1 and second["steps"] == 6
     history = json.loads((out / "log_history.json").read_text())
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4, 5, 6]  # each step once across the resume
@@ -53,13 +53,13 @@ def test_stop_flag_saves_then_resume_finishes(setup):
     st = SentenceTransformer(str(out / train.FINAL_DIR), device="cpu")
     assert st.encode_query(["سؤال"]).shape == (1, 64)
     # a finished run asked again answers from its result, without training
-    assert train.train(_cfg(model), data, out)["steps"] == 6
+    assert train.train_embedder(_cfg(model), data, out)["steps"] == 6
 
 
 def test_matryoshka_dims_wider_than_the_model_are_refused(setup):
     model, data, base = setup
     with pytest.raises(ValueError, match=r"matryoshka_dims \[128\] exceed the model's embedding width 64"):
-        train.train(_cfg(model, matryoshka_dims=[128, 64]), data, base / "wide")
+        train.train_embedder(_cfg(model, matryoshka_dims=[128, 64]), data, base / "wide")
 
 
 def test_truncating_evaluator_equals_truncate_dim_and_report(setup, tmp_path):

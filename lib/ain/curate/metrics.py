@@ -37,7 +37,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 if TYPE_CHECKING:
-    from ain.config import VerifyConfig
+    from ain.curate.config import VerifyConfig
 
 OVERLAP_KEYS = ("bleu2", "bleu4", "meteor", "rouge1", "rouge_l")
 """Keys of `overlap_scores`, all on a 0-100 scale."""

@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ain.atomic import atomic_write_json, atomic_write_text
-from ain.config import LLAVAGUARD_CATEGORIES, RunConfig
+from ain.curate.config import LLAVAGUARD_CATEGORIES
 from ain.rundir import RunDir, private_mkdir
 from ain.stages import TaskContext
+
+if TYPE_CHECKING:
+    from ain.config import RunConfig
 
 SCORE_PLOTS = (("labse", "min_labse", "LaBSE cosine (EN, AR)"), ("bleu4", "min_bleu4", "BLEU-4 (back-translation)"),
                ("meteor", "min_meteor", "METEOR"), ("rouge_l", "min_rouge_l", "ROUGE-L F1"))
@@ -96,10 +99,10 @@ def _verify_scores(run: RunDir) -> dict[str, list[float]]:
 
 def plot(data: dict[str, Any], out: Path) -> list[str]:
     """PNG plots next to the markdown; returns their file names."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     made = []
     if data["funnel"]:
@@ -219,7 +222,7 @@ def write_report(run: RunDir, cfg: RunConfig) -> dict[str, Any]:
     return {"plots": plots, "funnel": data["funnel"]}
 
 
-def run_report_task(ctx: TaskContext) -> dict[str, Any]:
+def run_curation_report_task(ctx: TaskContext) -> dict[str, Any]:
     result = write_report(ctx.run, ctx.cfg)
     ctx.log.info("curation report written to %s", ctx.run.root / "report" / "curation.md")
     return {"items": 1, "plots": len(result["plots"])}

@@ -60,7 +60,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ain.config import LLAVAGUARD_CATEGORIES, SafetyConfig, safety_judges_share_endpoint
+from ain.curate.config import LLAVAGUARD_CATEGORIES, SafetyConfig
 from ain.serve.client import ChatClient, InvalidAnswer, RequestRejected, ResponseCache
 from ain.stages import TaskContext, windows
 
@@ -311,13 +311,13 @@ def iter_units(samples: Iterator[dict[str, Any]], index: int, num_tasks: int) ->
 # the stage ---------------------------------------------------------------------------------------
 def same_endpoint(cfg: SafetyConfig) -> bool:
     """One server for both judges: same model and same server config (as the launcher decides)."""
-    return safety_judges_share_endpoint(cfg)
+    return cfg.judges_share_endpoint()
 
 
 @contextlib.contextmanager
 def open_endpoints(ctx: TaskContext) -> Iterator[tuple[Any, Any]]:
     """(vision endpoint, text endpoint): one started (or found) endpoint when the judges share it."""
-    from ain.serve.server import endpoint
+    from ain.serve.server import endpoint  # noqa: PLC0415
 
     cfg = ctx.cfg.safety
     with contextlib.ExitStack() as stack:
@@ -392,7 +392,6 @@ def count(out, kind: str, row: dict[str, Any]) -> None:
 
 
 def run_safety_task(ctx: TaskContext) -> dict[str, Any]:
-    cfg = ctx.cfg.safety
     out = ctx.resumable_outputs(images=f"images-{ctx.index:05d}.jsonl", texts=f"texts-{ctx.index:05d}.jsonl")
     units = iter_units(iter_samples(input_files(ctx.run, ctx.cfg)), ctx.index, ctx.num_tasks)
     for _ in range(out.position):  # consumed before a restart

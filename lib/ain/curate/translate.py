@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, Iterator
+from typing import Any
 
-from ain.curate.translator import SkipSample, Translator
+from ain.curate.translator import Translator, UntranslatableSample
 from ain.serve.client import ChatClient, ResponseCache
 from ain.serve.server import endpoint
 from ain.stages import TaskContext, windows
@@ -83,6 +83,6 @@ async def _translate_all(ctx: TaskContext, ep, rows, out, temperature: float) ->
 async def _first_attempt(translator: Translator, sample: dict[str, Any], temperature: float):
     try:
         turns = translator.prepare(sample)
-    except SkipSample as exc:
+    except UntranslatableSample as exc:
         return None, str(exc)
     return await translator.attempt(turns, 0, temperature), None

@@ -12,12 +12,12 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from ain.config import TranslateConfig
+from ain.curate.config import TranslateConfig
 from ain.curate.protect import MarkerError, check_markers, mask, unmask
 from ain.serve.client import ChatClient, InvalidAnswer, RequestRejected
 
 
-class SkipSample(ValueError):
+class UntranslatableSample(ValueError):
     """The sample cannot be translated under the configured policy (e.g. over-long text)."""
 
 
@@ -33,19 +33,19 @@ class Translator:
         return result.text.strip()
 
     def prepare(self, sample: dict[str, Any]) -> list[dict[str, Any]]:
-        """Masked turns of a sample; raises SkipSample per the empty/over-long policy."""
+        """Masked turns of a sample; raises UntranslatableSample per the empty/over-long policy."""
         turns = []
         for i, turn in enumerate(sample["turns"]):
             text = turn["content"]
             if len(text) > self.cfg.max_chars:
                 if self.cfg.over_long == "skip":
-                    raise SkipSample(f"over_long: turn {i} has {len(text)} chars > translate.max_chars")
+                    raise UntranslatableSample(f"over_long: turn {i} has {len(text)} chars > translate.max_chars")
                 text = text[: self.cfg.max_chars]
             m = mask(text)
             turns.append({"turn": i, "role": turn["role"], "en": m.text, "spans": list(m.spans),
                           "copied": not m.translatable, "truncated": text != turn["content"]})
         if not any(not t["copied"] for t in turns):
-            raise SkipSample("empty: no translatable text in any turn")
+            raise UntranslatableSample("empty: no translatable text in any turn")
         return turns
 
     async def attempt(self, turns: list[dict[str, Any]], number: int, temperature: float) -> dict[str, Any]:

@@ -67,7 +67,6 @@ def retry_temperature(cfg, attempt_number: int) -> float:
 
 
 def run_verify_task(ctx: TaskContext) -> dict[str, Any]:
-    cfg = ctx.cfg.verify
     out = ctx.resumable_outputs(passed=f"passed-{ctx.index:05d}.jsonl", rejected=f"rejected-{ctx.index:05d}.jsonl",
                                 scores=f"scores-{ctx.index:05d}.jsonl")
     rows = ctx.upstream_rows("translate", "translations-*.jsonl", skip=out.position)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ain.config import IngestSource
+from ain.data.config import IngestSource
 from ain.data.images import ImageStore
 from ain.data.normalize import normalize_row
 from ain.data.readers import RawRow, SourceError, detect_format, iter_rows, source_name, utf8_safe

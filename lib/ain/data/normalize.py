@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ain.config import IngestSource
+from ain.data.config import IngestSource
 from ain.data.schema import IMAGE_TOKEN, LANGUAGES, BadRow, Sample
 
 # A row's image specs -> stored names (ImageStore.add_all bound to a base directory).

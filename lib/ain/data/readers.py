@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ain.config import IngestSource
+from ain.data.config import IngestSource
 from ain.data.schema import BadRow, safe_key
 
 BATCH_ROWS = 256  # parquet / HF dataset rows decoded at a time: bounded memory on huge files
@@ -175,7 +175,7 @@ def _iter_json(path: Path) -> Iterator[RawRow]:
 
 
 def _iter_parquet(path: Path) -> Iterator[RawRow]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # noqa: PLC0415
 
     try:
         pf = pq.ParquetFile(path)
@@ -189,7 +189,7 @@ def _iter_parquet(path: Path) -> Iterator[RawRow]:
 
 
 def _load_from_disk(path: Path, split: str) -> Any:
-    import datasets
+    import datasets  # noqa: PLC0415
 
     try:
         obj = datasets.load_from_disk(str(path))
@@ -204,7 +204,7 @@ def _load_from_disk(path: Path, split: str) -> Any:
 
 
 def _load_hub(name: str, split: str) -> Any:
-    import datasets
+    import datasets  # noqa: PLC0415
 
     try:
         return datasets.load_dataset(name, split=split)

@@ -262,7 +262,7 @@ def iter_shard(path: Path, entry: dict[str, Any] | None = None
     """(sample, {member name: bytes}) for each sample of one shard, read by webdataset's tar
     iterator and key grouping. Images come in `sample["images"]` order (see image_members).
     With `entry`, the sample count must match it. Does not verify the checksum."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
+    from webdataset.tariterators import group_by_keys, tar_file_expander  # noqa: PLC0415
 
     path = Path(path)
     n = 0

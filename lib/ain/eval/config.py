@@ -11,14 +11,15 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Optional
 
+from ain import PROJECT_ROOT
 from ain.config_base import JudgeConfig, Need, Resources
 
 if TYPE_CHECKING:
     from ain.config import RunConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
 FAMILIES = ("camel_bench", "arabic_mmlu", "english")
 
 
@@ -87,6 +88,14 @@ class EvalConfig:
         (the checkpoint, else this run's export), for the eval tasks and a shared server alike."""
         model = self.endpoint.model or self.checkpoint or str(Path(run_root) / "stages" / "export" / "out" / "model")
         return dataclasses.replace(self.endpoint, model=model)
+
+    def judges(self, cfg: "RunConfig", run_root: Optional[Path]) -> dict[str, JudgeConfig]:
+        """The LLM judge of CAMEL-Bench's open-ended sets, and with `run_root` the model under
+        evaluation when the backend is an endpoint (its default path is inside the run)."""
+        out = {"eval_judge": self.judge} if self.judge.model else {}
+        if self.backend == "endpoint" and run_root is not None:
+            out["eval_model"] = self.model_endpoint(run_root)
+        return out
 
     def resolve(self, cfg: "RunConfig") -> None:
         """Fill derived fields (called by load_config before validation): absolute local paths
@@ -164,10 +173,8 @@ class EvalReportConfig:
     """Published rows (configs/eval/published.yaml) shown beside this checkpoint."""
     label: str = "this checkpoint"
     """Name of this checkpoint's row in the tables and plots."""
-    num_tasks: int = 1
-    """Always 1."""
+    num_tasks: ClassVar[int] = 1  # not a setting: one report
     resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=1, mem_gb=4, time_min=30))
 
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
-        need(self.num_tasks == 1, "eval_report.num_tasks", "must be 1")
         need(self.domain_average in ("micro", "macro"), "eval_report.domain_average", "micro or macro")

@@ -33,8 +33,19 @@ from ain.eval.config import EvalConfig
 from ain.eval.data import Item, iter_items
 from ain.eval.prompts import LATIN
 from ain.eval.registry import DatasetSpec, EvalUnit, eval_units, load_registry
-from ain.eval.scoring import (NO_ANSWER, SCORERS, WITHHELD, ScoreContext, choice_by_rule, choice_options,
-                              mathvista_extract, mathvista_match, parse_choice_reply, parse_extraction, summarize)
+from ain.eval.scoring import (
+    NO_ANSWER,
+    SCORERS,
+    WITHHELD,
+    ScoreContext,
+    choice_by_rule,
+    choice_options,
+    mathvista_extract,
+    mathvista_match,
+    parse_choice_reply,
+    parse_extraction,
+    summarize,
+)
 from ain.stages import TaskContext, windows
 
 NO_JUDGE = "no LLM judge configured (eval.judge.model)"

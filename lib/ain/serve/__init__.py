@@ -8,10 +8,25 @@ Typical use inside a stage task:
         results = run_all(client, [{"messages": [...]}, ...])
 """
 
-from ain.serve.client import (ChatClient, ChatResult, ClientError, EndpointUnavailable, InvalidAnswer,
-                              RequestRejected, ResponseCache, run_all)
-from ain.serve.server import (Endpoint, ManagedServer, ServerStartError, endpoint, free_port, serve_shared,
-                              wait_for_shared)
+from ain.serve.client import (
+                              ChatClient,
+                              ChatResult,
+                              ClientError,
+                              EndpointUnavailable,
+                              InvalidAnswer,
+                              RequestRejected,
+                              ResponseCache,
+                              run_all,
+)
+from ain.serve.server import (
+                              Endpoint,
+                              ManagedServer,
+                              ServerStartError,
+                              endpoint,
+                              free_port,
+                              serve_shared,
+                              wait_for_shared,
+)
 
 __all__ = [
     "ChatClient", "ChatResult", "ClientError", "EndpointUnavailable", "InvalidAnswer", "RequestRejected",

@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Optional
 import httpx
 
 from ain.atomic import atomic_write_json, read_json
-from ain.config import ConfigError, JudgeConfig, ServerConfig
+from ain.config_base import ConfigError, JudgeConfig, ServerConfig
 
 log = logging.getLogger(__name__)
 

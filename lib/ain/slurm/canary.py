@@ -11,9 +11,34 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from ain.config_base import Need, Resources
 from ain.stages import TaskContext
+
+if TYPE_CHECKING:
+    from ain.config import RunConfig
+
+
+@dataclass
+class CanaryConfig:
+    """A cheap stage that exercises the scheduler path end to end: arrays, throttles,
+    dependencies, requeue and resume. `jobs/check_cluster.py` runs it to vet a cluster profile."""
+
+    num_tasks: int = 2
+    """Array size."""
+    items_per_task: int = 5
+    """Items each task writes; its output must list each exactly once, whatever happened."""
+    seconds_per_item: float = 0.1
+    """Sleep per item (simulated work)."""
+    commit_every: int = 1
+    """Items between progress commits (resume granularity)."""
+    resources: Resources = field(default_factory=lambda: Resources(mem_gb=0.5, time_min=10))
+
+    def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
+        need(self.items_per_task >= 1, "canary.items_per_task", "must be >= 1")
+        need(self.commit_every >= 1, "canary.commit_every", "must be >= 1")
 
 
 def run_canary_task(ctx: TaskContext) -> dict[str, Any]:

@@ -24,16 +24,22 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import submitit
 
-from ain.config import ConfigError, RunConfig, judges
+from ain.config_base import ConfigError
 from ain.rundir import RunDir
 from ain.slurm import scheduler
 from ain.slurm.sbatch import render_sbatch, slurm_parameters
+from ain.slurm.shared_server import SharedServerTask
 from ain.slurm.snapshot import code_digest, snapshot_code, snapshot_dir
+from ain.slurm.submissions import active_elements, submitted_elements
 from ain.slurm.task import StageTask
-from ain.stages import PlannedStage, plan
+from ain.stages import PlannedStage, load_hook, plan
+
+if TYPE_CHECKING:
+    from ain.config import RunConfig
 
 
 @dataclass
@@ -60,24 +66,6 @@ def executor_kind(cfg: RunConfig) -> str:
 
 def job_name(cfg: RunConfig, stage: str) -> str:
     return f"ain-{cfg.name}-{stage}"
-
-
-def submitted_elements(run: RunDir) -> dict[str, tuple[str, int]]:
-    """Map queue element ('123_4', or '123' for a one-task submission, which submitit sends as
-    a plain job) -> (stage, stage index), from events.jsonl."""
-    out: dict[str, tuple[str, int]] = {}
-    for ev in run.events():
-        if ev.get("kind") == "submit" and ev.get("executor") == "slurm":
-            for element, index in zip(ev["elements"], ev["indices"]):
-                out[element] = (ev["stage"], index)
-    return out
-
-
-def active_elements(run: RunDir, stages: list[str]) -> list[str]:
-    """Queue elements of these stages (or pseudo-stages such as 'serve:translator') still pending
-    or running."""
-    elements = {e: key for e, key in submitted_elements(run).items() if key[0] in stages}
-    return sorted(e for e, entry in scheduler.queue(elements).items() if e in elements and entry.active)
 
 
 class Launcher:
@@ -139,15 +127,14 @@ class Launcher:
                 f"  {st.name}: {st.num_tasks} tasks ({len(missing)} to run), after {after}; "
                 f"per task {r.nodes} node(s) x {r.tasks_per_node} proc, {r.cpus_per_task} cpu, "
                 f"{r.gpus_per_node} gpu/node, {r.mem_gb:g} GB, {r.time_min} min")
-        for name, (judge, stages) in judges(self.cfg, self.run.root.resolve()).items():
+        for name, (judge, stages) in self.cfg.judges(self.run.root.resolve()).items():
             if judge.server.mode == "shared" and any(self._chosen(s) for s in stages):
                 r = judge.server.shared_resources
                 lines.append(f"  serve:{name}: one {judge.model} server job beside {', '.join(stages)}; "
                              f"{r.cpus_per_task} cpu, {r.gpus_per_node} gpu, {r.mem_gb:g} GB, {r.time_min} min")
-        if "train" in self.cfg.stages and self._chosen("train"):
-            from ain.train.estimate import estimate_train  # noqa: PLC0415
-
-            lines.append(estimate_train(self.cfg, self.run.root).describe())
+        for st in plan(self.cfg):
+            if st.spec.estimate and self._chosen(st.name):
+                lines.append(load_hook(st.spec.estimate)(self.cfg, self.run.root).describe())
         for st in plan(self.cfg):
             if not self._chosen(st.name):
                 continue
@@ -230,9 +217,8 @@ class Launcher:
         """`shared` judges of this stage: one server job per judge, submitted with the first
         client stage that has work, after the same upstream jobs, unless one is already queued
         or running."""
-        from ain.serve.job import SharedServerTask  # noqa: PLC0415 (only when a judge is shared)
 
-        for name, (judge, stages) in judges(self.cfg, self.run.root.resolve()).items():
+        for name, (judge, stages) in self.cfg.judges(self.run.root.resolve()).items():
             pseudo = f"serve:{name}"
             if stage not in stages or judge.server.mode != "shared" or active_elements(self.run, [pseudo]):
                 continue
@@ -281,7 +267,7 @@ class Launcher:
         return job_id, elements
 
     def _launch_local(self) -> list[StageLaunch]:
-        shared = [name for name, (judge, _) in judges(self.cfg, self.run.root.resolve()).items() if judge.server.mode == "shared"]
+        shared = [name for name, (judge, _) in self.cfg.judges(self.run.root.resolve()).items() if judge.server.mode == "shared"]
         if shared:
             raise ConfigError(f"judge(s) {shared}: server.mode=shared needs Slurm (a server job beside the "
                               "client arrays); on this machine use per_task or external")

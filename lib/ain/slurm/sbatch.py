@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from submitit.slurm.slurm import _make_sbatch_string  # the text submitit itself submits
 
-from ain.config import ClusterConfig, Resources, RunConfig
+from ain.config_base import ClusterConfig, ConfigError, Resources
+
+if TYPE_CHECKING:
+    from ain.config import RunConfig
+
 
 
 def pin_code_line(code_dir: Path) -> str:
@@ -69,17 +73,26 @@ def render_sbatch(cluster: ClusterConfig, job_name: str, res: Resources, folder:
     return _make_sbatch_string(command=command, folder=folder, map_count=array_size, **params)
 
 
+def multi_node_stage(cfg: RunConfig) -> str | None:
+    """The recipe's multi-node stage (training), the one jobs/render_sbatch.py renders."""
+    return next((name for name in cfg.stages if cfg.spec(name).multi_node), None)
+
+
 def render_torchrun_sbatch(cfg: RunConfig, run_root: Path, python: str = "python",
-                           code_dir: Path | None = None) -> str:
-    """The train stage as a plain sbatch script (srun + torchrun), from the same config and
+                           code_dir: Path | None = None, stage: str | None = None) -> str:
+    """A multi-node stage (default: the recipe's, i.e. train) as a plain sbatch script (srun +
+    torchrun), from the same config and
     `slurm_parameters` as the submitit path: one srun task per node, torchrun starts
     `tasks_per_node` ranks there and rendezvouses on the first node. Preemption: Slurm sends USR2
     to the batch shell (B:), whose trap touches the stop file that the training loop polls
     (ranks save, rank 0 requeues the job); the shell keeps waiting for srun meanwhile. The job
-    runs `ain.train.torchrun_entry`, the same stage function and markers as the submitit path."""
-    res = cfg.train.resources
-    paths = Path(run_root) / "stages" / "train"
-    params = slurm_parameters(cfg.cluster, f"ain-{cfg.name}-train", res, code_dir=code_dir)
+    runs `ain.slurm.torchrun_entry`, the same stage function and markers as the submitit path."""
+    stage = stage or multi_node_stage(cfg)
+    if stage is None:
+        raise ConfigError(f"stages: none of {cfg.stages} is a multi-node stage to render")
+    res = getattr(cfg, stage).resources
+    paths = Path(run_root) / "stages" / stage
+    params = slurm_parameters(cfg.cluster, f"ain-{cfg.name}-{stage}", res, code_dir=code_dir)
     params.pop("array_parallelism")
     params.pop("signal_delay_s")
     params["ntasks_per_node"] = 1
@@ -96,7 +109,7 @@ def render_torchrun_sbatch(cfg: RunConfig, run_root: Path, python: str = "python
         python, "-m", "torch.distributed.run", '--nnodes="$SLURM_NNODES"',
         f"--nproc-per-node={res.tasks_per_node}", "--rdzv-backend=c10d",
         '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"', '--rdzv-id="$SLURM_JOB_ID"',
-        "-m", "ain.train.torchrun_entry", shlex.quote(str(Path(run_root)))])
+        "-m", "ain.slurm.torchrun_entry", shlex.quote(str(Path(run_root))), shlex.quote(stage)])
     text = _make_sbatch_string(command="", folder=paths / "logs", use_srun=False, setup=setup, **params)
     command = "\n".join([
         torchrun + " &",

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 import ain
-from ain.config import ConfigError
+from ain.config_base import ConfigError
 
 # What a job reads from the checkout at run time, relative to the project root.
 PINNED = ("lib/ain", "configs")

@@ -17,8 +17,8 @@ from typing import Any
 from ain.atomic import read_json
 from ain.rundir import RunDir
 from ain.slurm import scheduler
-from ain.slurm.launcher import submitted_elements
-from ain.stages import plan
+from ain.slurm.submissions import submitted_elements
+from ain.stages import load_hook, plan
 
 
 @dataclass
@@ -45,7 +45,7 @@ class StageStatus:
     first_start: float | None = None
     last_end: float | None = None
     problems: list[TaskProblem] = field(default_factory=list)
-    training: dict[str, Any] | None = None   # train stage: latest step, loss, rates, ETA (metrics.jsonl)
+    progress: dict[str, Any] | None = None   # spec.progress hook: training step, loss, rates, ETA
     code: str | None = None   # digest of the code snapshot its latest Slurm submission runs (run/code/<digest>)
 
     @property
@@ -55,8 +55,8 @@ class StageStatus:
 
     @property
     def eta_s(self) -> float | None:
-        if self.training is not None and self.done < self.num_tasks:
-            return self.training.get("eta_s")
+        if self.progress is not None and self.done < self.num_tasks:
+            return self.progress.get("eta_s")
         remaining = self.num_tasks - self.done
         if remaining == 0:
             return 0.0
@@ -142,25 +142,10 @@ def collect(run: RunDir, use_queue: bool = True, tail_lines: int = 15) -> list[S
                     existing = [p for p in log_files(run, st.name, element) if p.exists() and p.stat().st_size]
                     log = existing[0] if existing else None
                 s.problems.append(TaskProblem(index, kind, record, log, tail(log, tail_lines)))
-        if st.name == "train":
-            s.training = training_progress(paths.out)
+        if st.spec.progress:  # live progress of a long job (training: step, loss, MFU, ETA)
+            s.progress = load_hook(st.spec.progress)(paths.out)
         out.append(s)
     return out
-
-
-def training_progress(out_dir: Path) -> dict[str, Any] | None:
-    """The train stage's latest step from metrics.jsonl, with an ETA from the recent step times."""
-    from ain.train.telemetry import read_metrics  # noqa: PLC0415 (no torch: plain JSON reading)
-
-    rows = read_metrics(out_dir)
-    if not rows:
-        return None
-    last = rows[-1]
-    recent = sorted(r.get("seconds", 0.0) for r in rows[-20:])
-    total = int(last.get("total_steps") or 0)
-    eta = (total - last["step"]) * recent[len(recent) // 2] if total > last["step"] else None
-    return {"step": last["step"], "total_steps": total, "loss": last.get("loss"), "lr": last.get("lr"),
-            "tokens_per_s": last.get("tokens_per_s"), "mfu": last.get("mfu"), "eta_s": eta}
 
 
 def _fmt_seconds(s: float | None) -> str:
@@ -172,9 +157,9 @@ def _fmt_seconds(s: float | None) -> str:
 
 def render(run: RunDir, statuses: list[StageStatus]) -> Any:
     """A rich renderable: the stage table, then each failed or lost task with its log tail."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+    from rich.console import Group  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
 
     table = Table(title=f"{run.root}  ({time.strftime('%H:%M:%S')})")
     for col in ("stage", "state", "done", "run", "pend", "fail", "lost", "jobs", "it/s/task", "ETA"):
@@ -194,7 +179,7 @@ def render(run: RunDir, statuses: list[StageStatus]) -> Any:
         parts.append(Text("code: stages run different snapshots: " + "; ".join(
             f"{digest}: {', '.join(names)}" for digest, names in by_code.items()), style="yellow"))
     for s in statuses:
-        t = s.training
+        t = s.progress
         if t:
             parts.append(Text(f"{s.name}: step {t['step']}/{t['total_steps'] or '?'} (estimated), loss {t['loss']}, "
                               f"lr {t['lr']:.3g}, {t['tokens_per_s']:,.0f} tokens/s, MFU {t['mfu']}, "

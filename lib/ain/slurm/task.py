@@ -19,6 +19,7 @@ from typing import Any
 
 import submitit
 
+from ain.preemption import may_requeue, restarts
 from ain.rundir import RunDir
 from ain.slurm.snapshot import package_dir
 from ain.stages import TaskContext, stage_function
@@ -72,18 +73,17 @@ class StageTask(submitit.helpers.Checkpointable):
             return existing
         num_tasks = getattr(cfg, self.stage).num_tasks
         ctx = TaskContext(cfg=cfg, run=run, stage=self.stage, index=index, num_tasks=num_tasks, log=log)
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         log.info("task %d/%d of %s starts on %s (job %s, restart %d, code %s)", index, num_tasks, self.stage,
-                 socket.gethostname(), _job_id(), restarts, package_dir())
+                 socket.gethostname(), _job_id(), restarts(), package_dir())
         start = time.time()
         try:
             if f"{self.stage}/{index}" in os.environ.get(FAULT_ENV, "").split(","):
                 raise InjectedFault(f"{FAULT_ENV} asks {self.stage}/{index} to fail")
-            stats = stage_function(self.stage)(ctx)
+            stats = stage_function(cfg.spec(self.stage))(ctx)
         except Exception as exc:
             paths.write_failure(index, {
                 "stage": self.stage, "index": index, "job_id": _job_id(), "host": socket.gethostname(),
-                "time": time.time(), "restarts": restarts, "error": f"{type(exc).__name__}: {exc}",
+                "time": time.time(), "restarts": restarts(), "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc()})
             log.error("task %d failed: %s (failure record %s)", index, exc, paths.failure(index))
             raise
@@ -92,7 +92,7 @@ class StageTask(submitit.helpers.Checkpointable):
         end = time.time()
         marker = {"stage": self.stage, "index": index, "num_tasks": num_tasks, "job_id": _job_id(),
                   "host": socket.gethostname(), "start": start, "end": end, "seconds": end - start,
-                  "restarts": restarts, "code": package_dir(), **stats}
+                  "restarts": restarts(), "code": package_dir(), **stats}
         paths.write_marker(index, marker)
         log.info("task %d done in %.1fs: %s", index, end - start,
                  {k: v for k, v in stats.items() if isinstance(v, (int, float))})
@@ -102,12 +102,11 @@ class StageTask(submitit.helpers.Checkpointable):
         # Runs inside submitit's USR2 handler. The stage function has committed its position;
         # returning a submission requeues the task, returning None fails it for good.
         max_requeues = RunDir(self.run_root).load_config().cluster.max_requeues
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         log = task_logger(self.stage, index)
-        if restarts >= max_requeues:
+        if not may_requeue(max_requeues):
             log.error("task %d interrupted after %d requeues (cluster.max_requeues=%d): not requeued",
-                      index, restarts, max_requeues)
+                      index, restarts(), max_requeues)
             return None
         log.warning("task %d interrupted (USR2): requeue %d/%d, resuming from its last commit",
-                    index, restarts + 1, max_requeues)
+                    index, restarts() + 1, max_requeues)
         return submitit.helpers.DelayedSubmission(StageTask(self.run_root, self.stage), index)

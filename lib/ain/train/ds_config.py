@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ain.config import TrainConfig
+from ain.train.config import TrainConfig
 
 ZERO_BUCKET = 500_000_000  # elements; DeepSpeed's own defaults, stated explicitly
 STAGE3_PREFETCH = 50_000_000

@@ -14,10 +14,13 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ain.config import RunConfig
 from ain.data.shards import read_manifest
 from ain.train.telemetry import read_metrics
+
+if TYPE_CHECKING:
+    from ain.config import RunConfig
 
 
 @dataclass(frozen=True)

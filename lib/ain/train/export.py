@@ -24,8 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ain.config import TrainConfig
 from ain.stages import TaskContext
+from ain.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from ain.config import TrainConfig
+from ain.preemption import finish_distributed
+from ain.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class StreamPacker:
         except StopIteration:
             self.exhausted = True
             if self.pulled < self.replay:
-                raise RuntimeError(f"data stream ended during the resume replay ({self.pulled} of "
+                raise RuntimeError(f"data stream ended during the resume replay ({self.pulled} of "  # noqa: B904
                                    f"{self.replay} items): the shards changed since the checkpoint")
             return False
         snapshot = self.tracker.state_dict()
@@ -206,19 +207,6 @@ def init_distributed(on_cpu: bool) -> None:
     deepspeed.init_distributed(dist_backend="gloo" if on_cpu else "nccl")
 
 
-def finish_distributed() -> None:
-    """All ranks leave together, then the process group is torn down before the interpreter exits.
-    A rank that exits first with a live gloo group can abort in C++ ("terminate called without an
-    active exception"): the job then ends non-zero after its work is done, srun's
-    --kill-on-bad-exit stops rank 0 (perhaps before it marks the task done), and the afterok
-    dependents are cancelled."""
-    import torch.distributed as tdist
-
-    if tdist.is_available() and tdist.is_initialized():
-        tdist.barrier()
-        tdist.destroy_process_group()
-
-
 def write_latest(out_dir: Path, tag: str) -> None:
     """`latest` <- tag, atomically (temp file, fsync, rename)."""
     tmp = out_dir / f".{LATEST}.tmp"
@@ -286,7 +274,7 @@ def load_model(cfg: TrainConfig):
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.freeze_vision:
-        visual = getattr(model.model, "visual", None) or getattr(model, "visual")
+        visual = getattr(model.model, "visual", None) or model.visual
         for p in visual.parameters():
             p.requires_grad_(False)
     model.train()

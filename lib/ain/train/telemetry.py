@@ -65,7 +65,7 @@ def row_flops(n_text: int, n_vision: int, layers: int, hidden: int, sample_lengt
 def memory_gb() -> float:
     """Peak accelerator memory of this process (GPU), else its peak resident set size (CPU)."""
     try:
-        import torch
+        import torch  # noqa: PLC0415
 
         if torch.cuda.is_available():
             return torch.cuda.max_memory_allocated() / 1e9
@@ -115,7 +115,7 @@ class TrainLog:
 
     def _open_tensorboard(self, resumed_step: int) -> Optional[Any]:
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
         except ImportError:
             log.info("tensorboard not installed: metrics go to %s only", self.metrics_path)
             return None
@@ -169,3 +169,16 @@ def read_metrics(log_dir: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 break
     return rows
+
+
+def training_progress(out_dir: Path) -> dict[str, Any] | None:
+    """The train stage's latest step from metrics.jsonl, with an ETA from the recent step times."""
+    rows = read_metrics(out_dir)
+    if not rows:
+        return None
+    last = rows[-1]
+    recent = sorted(r.get("seconds", 0.0) for r in rows[-20:])
+    total = int(last.get("total_steps") or 0)
+    eta = (total - last["step"]) * recent[len(recent) // 2] if total > last["step"] else None
+    return {"step": last["step"], "total_steps": total, "loss": last.get("loss"), "lr": last.get("lr"),
+            "tokens_per_s": last.get("tokens_per_s"), "mfu": last.get("mfu"), "eta_s": eta}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, ClassVar, Optional
 
 from ain.config_base import Need, Resources
 
@@ -52,9 +52,9 @@ class VdrPrepareConfig:
     or skip (counted in the dataset card)."""
     fetch_threads: int = 8
     """Parquet files read at once in the image pass (I/O bound: hub range reads wait on the network)."""
-    num_tasks: int = 1
-    """Always 1: sampling, deduplication, negatives and splits need the global view of the metadata
-    (about 500 MB for PEARL-FULL); the image pass reads only the row groups it needs."""
+    # Not a setting: sampling, deduplication, negatives and splits need the global view of the
+    # metadata (about 500 MB for PEARL-FULL); the image pass reads only the row groups it needs.
+    num_tasks: ClassVar[int] = 1
     resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=4, mem_gb=32, time_min=240))
     """What each task asks Slurm for."""
 
@@ -62,7 +62,6 @@ class VdrPrepareConfig:
         self.source = _absolute_if_local(self.source)
 
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
-        need(self.num_tasks == 1, "vdr_prepare.num_tasks", "must be 1 (sampling and splits need every row)")
         need(self.source_format in ("auto", "hub", "parquet"), "vdr_prepare.source_format", "auto, hub or parquet")
         need(bool(self.source), "vdr_prepare.source", "empty: name a hub dataset id or a parquet path")
         if check_paths and self.source_format == "parquet":
@@ -145,8 +144,7 @@ class VdrTrainConfig:
     """Instruction prefixed to documents; null: none."""
     mining: HardNegativeMiningConfig = field(default_factory=HardNegativeMiningConfig)
     """Optional self-mined hard negatives with a false-negative guard."""
-    num_tasks: int = 1
-    """Always 1: one data-parallel job (tasks_per_node processes, one per GPU)."""
+    num_tasks: ClassVar[int] = 1  # not a setting: one data-parallel job (tasks_per_node ranks, one per GPU)
     resources: Resources = field(default_factory=lambda: Resources(
         nodes=1, tasks_per_node=4, cpus_per_task=8, gpus_per_node=4, mem_gb=0, time_min=1440))
     """What each task asks Slurm for."""
@@ -156,7 +154,6 @@ class VdrTrainConfig:
         self.mining.model = _absolute_if_local(self.mining.model)
 
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
-        need(self.num_tasks == 1, "vdr_train.num_tasks", "must be 1")
         need(self.resources.nodes == 1, "vdr_train.resources.nodes",
              "must be 1: the track trains on one node of several GPUs (raise tasks_per_node)")
         r = self.resources
@@ -275,13 +272,11 @@ class VdrReportConfig:
 
     split: str = "dev"
     """Split whose NDCG@10 ranks the leaderboard (the blog ranks by dev)."""
-    num_tasks: int = 1
-    """Always 1."""
+    num_tasks: ClassVar[int] = 1  # not a setting: one report
     resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=1, mem_gb=4, time_min=30))
     """What each task asks Slurm for."""
 
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
-        need(self.num_tasks == 1, "vdr_report.num_tasks", "must be 1")
         need(self.split in cfg.vdr_eval.splits, "vdr_report.split",
              f"must be one of vdr_eval.splits {cfg.vdr_eval.splits}")
 

@@ -126,7 +126,7 @@ def model_path(ctx: TaskContext, entry: LeaderboardModel) -> str:
     return entry.path
 
 
-def run_eval_task(ctx: TaskContext) -> dict[str, Any]:
+def run_vdr_eval_task(ctx: TaskContext) -> dict[str, Any]:
     cfg: VdrEvalConfig = ctx.stage_cfg
     train_cfg: VdrTrainConfig = ctx.cfg.vdr_train
     entry = cfg.models[ctx.index]

@@ -115,7 +115,7 @@ def write_report(eval_out: Path, report_dir: Path, split: str) -> dict[str, Any]
     return {"rows": rows, "plots": plots(rows, split, report_dir)}
 
 
-def run_report_task(ctx: TaskContext) -> dict[str, Any]:
+def run_vdr_report_task(ctx: TaskContext) -> dict[str, Any]:
     result = write_report(ctx.upstream("vdr_eval").out, ctx.run.root / "report", ctx.stage_cfg.split)
     ctx.log.info("leaderboard written to %s", ctx.run.root / "report" / "vdr_leaderboard.md")
     return {"items": len(result["rows"]), "plots": len(result["plots"]),

@@ -19,16 +19,13 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
 from ain.atomic import atomic_write_json
+from ain.preemption import StopFlag, finish_distributed, requeue_or_fail
 from ain.stages import TaskContext
-from ain.train.loop import finish_distributed
 from ain.vdr.config import VdrTrainConfig
 from ain.vdr.prepare import DATASET_DIR
 
@@ -36,9 +33,6 @@ INPUT_COLUMNS = ["query", "image", "negative_0", "negative_1", "negative_2", "ne
 FINAL_DIR = "final"
 RESULT_FILE = "train_result.json"
 
-
-class Requeued(SystemExit):
-    """Leave the task without a marker: the job has been requeued and will resume."""
 
 
 def last_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -52,7 +46,10 @@ def last_checkpoint(ckpt_dir: Path) -> Path | None:
 
 def build_loss(model, cfg: VdrTrainConfig):
     from sentence_transformers.sentence_transformer.losses import (  # noqa: PLC0415
-        CachedMultipleNegativesRankingLoss, MatryoshkaLoss, MultipleNegativesRankingLoss)
+        CachedMultipleNegativesRankingLoss,
+        MatryoshkaLoss,
+        MultipleNegativesRankingLoss,
+    )
 
     width = model.get_sentence_embedding_dimension()
     too_wide = [d for d in cfg.matryoshka_dims if d > width]
@@ -98,7 +95,7 @@ def _stop_callback(stop_flag: Callable[[], bool]):
     return StopOnFlag()
 
 
-def train(cfg: VdrTrainConfig, dataset_dir: Path, out_dir: Path, seed: int = 0,
+def train_embedder(cfg: VdrTrainConfig, dataset_dir: Path, out_dir: Path, seed: int = 0,
           stop_flag: Callable[[], bool] = lambda: False, log=None, rank: int = 0,
           mined_negatives: Path | None = None) -> dict[str, Any]:
     """Fine-tune (or resume) and publish `out_dir/final`; returns the stats rank 0 records."""
@@ -107,8 +104,7 @@ def train(cfg: VdrTrainConfig, dataset_dir: Path, out_dir: Path, seed: int = 0,
     from sentence_transformers import SentenceTransformer  # noqa: PLC0415
     from sentence_transformers.base.sampler import BatchSamplers  # noqa: PLC0415
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer  # noqa: PLC0415
-    from sentence_transformers.sentence_transformer.training_args import (  # noqa: PLC0415
-        SentenceTransformerTrainingArguments)
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments  # noqa: PLC0415
 
     result_path = out_dir / RESULT_FILE
     if result_path.exists() and (out_dir / FINAL_DIR).is_dir():  # done before, marker lost: same answer
@@ -173,12 +169,11 @@ def train(cfg: VdrTrainConfig, dataset_dir: Path, out_dir: Path, seed: int = 0,
     return {**stats, "stopped_early": False}
 
 
-def run_train_task(ctx: TaskContext) -> dict[str, Any]:
+def run_vdr_train_task(ctx: TaskContext) -> dict[str, Any]:
     import submitit  # noqa: PLC0415
 
     env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    stop = threading.Event()
-    signal.signal(signal.SIGUSR2, lambda signum, frame: stop.set())  # only a flag: all ranks must save
+    stop = StopFlag()  # only a flag: all ranks must save
     ctx.log.info("rank %d/%d (local %d), master %s:%s", env.rank, env.world_size, env.local_rank,
                  env.master_addr, env.master_port)
     cfg: VdrTrainConfig = ctx.stage_cfg
@@ -189,17 +184,9 @@ def run_train_task(ctx: TaskContext) -> dict[str, Any]:
 
         mined = ensure_mined_negatives(cfg, ctx.upstream("vdr_prepare").out / DATASET_DIR, out, rank=env.rank,
                                        log=ctx.log)
-    result = train(cfg, ctx.upstream("vdr_prepare").out / DATASET_DIR, out, seed=ctx.cfg.seed,
-                   stop_flag=stop.is_set, log=ctx.log, rank=env.rank, mined_negatives=mined)
+    result = train_embedder(cfg, ctx.upstream("vdr_prepare").out / DATASET_DIR, out, seed=ctx.cfg.seed,
+                            stop_flag=stop, log=ctx.log, rank=env.rank, mined_negatives=mined)
     if result["stopped_early"]:
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-        if restarts >= ctx.cfg.cluster.max_requeues:
-            raise RuntimeError(f"training interrupted after {restarts} requeues (cluster.max_requeues); "
-                               f"checkpoint at step {result['steps']} in {out / 'ckpt'}")
-        if env.rank == 0 and os.environ.get("SLURM_JOB_ID"):
-            ctx.log.warning("checkpointed at step %d after USR2: requeueing job %s", result["steps"],
-                            os.environ["SLURM_JOB_ID"])
-            subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=True, timeout=60)
-        raise Requeued(0)
+        requeue_or_fail(result["steps"], out / "ckpt", ctx.cfg.cluster.max_requeues, env.rank, ctx.log)
     return {"items": result["train_queries"], "rank": env.rank, "model": str(out / FINAL_DIR),
             **{k: v for k, v in result.items() if k != "stopped_early"}}

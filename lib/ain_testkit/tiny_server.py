@@ -9,7 +9,7 @@ The tokenizer is a byte-level BPE trained on `texts`; pass Arabic and English li
 scripts get merges (any text still encodes, byte-level, but with more tokens). Its special
 tokens are `<|im_start|>`, `<|im_end|>` (the end-of-turn / eos token) and `<|endoftext|>`
 (padding), as in Qwen2 chat models. The weights are random (fixed by `seed`), so answers are
-gibberish until the model is trained, e.g. by `ain.curate.tiny_translator.memorise`, which
+gibberish until the model is trained, e.g. by `ain_testkit.tiny_translator.memorise`, which
 reuses this builder to make a translator that memorises a table.
 
 Same `texts`, `seed` and sizes give the same files (tokenizer training and weight init are

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ain.vdr.fixtures import CATEGORIES, COUNTRIES
+from ain_testkit.pearl_fixture import CATEGORIES, COUNTRIES
 
 STAMP_FILE = "ain_vdr_build_stamp.json"
 BUILD_VERSION = 1  # bump when the architecture or tokenizer recipe below changes
@@ -31,7 +31,7 @@ EMBED_DIM = 64  # the tiny model's embedding width: the smoke recipe's largest M
 
 def _tokenizer_texts() -> list[str]:
     """What the tiny BPE is trained on: the fixture vocabulary (Arabic and English) and prompts."""
-    from ain.vdr.fixtures import query_text  # noqa: PLC0415
+    from ain_testkit.pearl_fixture import query_text  # noqa: PLC0415
 
     lines = [query_text(cat, country, k, j) for cat in CATEGORIES for country in COUNTRIES for k in range(3)
              for j in range(4)]
@@ -61,11 +61,18 @@ def build_tiny_vdr_embedder(out_dir: str | Path, seed: int = 0) -> Path:
     from sentence_transformers.base.modules.normalize import Normalize  # noqa: PLC0415
     from sentence_transformers.base.modules.transformer import Transformer  # noqa: PLC0415
     from sentence_transformers.sentence_transformer.modules.pooling import Pooling  # noqa: PLC0415
-    from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLModel,  # noqa: PLC0415
-                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLModel, Qwen3VLProcessor, Qwen3VLVideoProcessor  # noqa: PLC0415
 
-    from ain.curate.tiny_judge import (CHAT_TEMPLATE, ENDOFTEXT, IMAGE_PAD,  # noqa: PLC0415
-                                       SPECIAL_TOKENS, VIDEO_PAD, VISION_END, VISION_START, build_tokenizer)
+    from ain_testkit.tiny_judge import (  # noqa: PLC0415
+        CHAT_TEMPLATE,
+        ENDOFTEXT,
+        IMAGE_PAD,
+        SPECIAL_TOKENS,
+        VIDEO_PAD,
+        VISION_END,
+        VISION_START,
+        build_tokenizer,
+    )
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)

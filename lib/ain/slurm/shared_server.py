@@ -15,9 +15,9 @@ import time
 
 import submitit
 
-from ain.config import judges
 from ain.rundir import RunDir
 from ain.serve.server import serve_shared
+from ain.slurm.submissions import active_elements
 from ain.slurm.task import task_logger
 
 # A client array may take a while to be scheduled; until then an empty queue is not a reason to stop.
@@ -30,11 +30,9 @@ class SharedServerTask(submitit.helpers.Checkpointable):
         self.judge_name = judge_name
 
     def __call__(self) -> str:
-        from ain.slurm.launcher import active_elements  # noqa: PLC0415 (launcher imports this module)
-
         run = RunDir(self.run_root)
         cfg = run.load_config()
-        judge, stages = judges(cfg, run.root)[self.judge_name]
+        judge, stages = cfg.judges(run.root)[self.judge_name]
         log = task_logger("serve", 0)
         bin_dir = os.path.dirname(sys.executable)  # `vllm`/`transformers` of this environment
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")

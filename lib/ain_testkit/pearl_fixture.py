@@ -10,7 +10,7 @@ Images are 32x32 PNGs whose colour encodes the category and whose stripe pattern
 country, with per-image noise: a tiny model can learn to retrieve them from the query text, so
 the smoke run's NDCG@10 moves when training works.
 
-`python -m ain.vdr.fixtures OUT_DIR` writes the fixture (two parquet shards) into OUT_DIR.
+`python -m ain_testkit.pearl_fixture OUT_DIR` writes the fixture (two parquet shards) into OUT_DIR.
 """
 
 from __future__ import annotations

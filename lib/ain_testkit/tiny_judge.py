@@ -37,13 +37,19 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ain.config import LLAVAGUARD_CATEGORIES
-from ain.curate.safety import (default_text_prompt, default_vision_prompt, image_data_url, judge_text,
-                               text_messages, vision_messages)
+from ain.curate.config import LLAVAGUARD_CATEGORIES
+from ain.curate.safety import (
+    default_text_prompt,
+    default_vision_prompt,
+    image_data_url,
+    judge_text,
+    text_messages,
+    vision_messages,
+)
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE_DIR = ROOT / "tests/fixtures/smoke"
 VERDICTS = ROOT / "tests/fixtures/safety/verdicts.json"
 TRANSLATIONS = ROOT / "tests/fixtures/translator/translations.json"
@@ -80,9 +86,10 @@ def fixture_items(smoke_dir: Path = SMOKE_DIR, translations: Path = TRANSLATIONS
                   work_dir: Optional[Path] = None) -> tuple[dict[str, bytes], dict[str, str], list[str]]:
     """(store name -> image bytes, fixture file name -> store name, judge texts in first-seen order)
     of the smoke fixture set, ingested exactly as the ingest stage does it."""
-    from ain.config import IngestSource, TranslateConfig
+    from ain.curate.config import TranslateConfig
     from ain.curate.protect import MarkerError, unmask
-    from ain.curate.translator import SkipSample, Translator
+    from ain.curate.translator import Translator, UntranslatableSample
+    from ain.data.config import IngestSource
     from ain.data.images import ImageStore
     from ain.data.ingest import prepare_sources, process_row
     from ain.data.readers import iter_rows
@@ -111,7 +118,7 @@ def fixture_items(smoke_dir: Path = SMOKE_DIR, translations: Path = TRANSLATIONS
                     continue
                 try:  # what the tiny translator answers for this sample's turns
                     turns = translator.prepare(sample)
-                except SkipSample:
+                except UntranslatableSample:
                     continue
                 for t in turns:
                     if t["copied"] or t["en"] not in pairs:
@@ -197,8 +204,14 @@ def build_tokenizer(texts: list[str], pieces: list[str], vocab_size: int = 1024)
 def build_model_dir(out: Path, texts: list[str], pieces: list[str], seed: int = 0) -> None:
     """Random-init Qwen2-VL, its processor and tokenizer, written to `out`."""
     import torch
-    from transformers import (GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
-                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+    from transformers import (
+        GenerationConfig,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     tok = build_tokenizer(texts, pieces)
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -379,7 +392,7 @@ def build_stamp(categories: list[str] = DEFAULT_CATEGORIES, seed: int = 0, *, sm
     turns become judge texts), the verdicts, the translation table and the fixture sources."""
     h = hashlib.sha256()
     h.update(Path(__file__).read_bytes())
-    h.update((Path(__file__).parent / "safety.py").read_bytes())
+    h.update((ROOT / "lib/ain/curate/safety.py").read_bytes())
     h.update(default_vision_prompt(categories).encode())
     h.update(default_text_prompt(categories).encode())
     h.update(f"{categories}|{seed}".encode())

@@ -16,7 +16,7 @@ import logging
 import time
 from pathlib import Path
 
-from ain.config import TRANSLATE_TO_AR_PROMPT, TRANSLATE_TO_EN_PROMPT
+from ain.curate.config import TRANSLATE_TO_AR_PROMPT, TRANSLATE_TO_EN_PROMPT
 
 log = logging.getLogger(__name__)
 

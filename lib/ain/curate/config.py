@@ -1,0 +1,198 @@
+"""Configuration of the curation stages (`translate`, `verify`, `safety`, `mix`, `report`), the
+prompts they send and the LlavaGuard taxonomy; each section owns its checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Optional
+
+from ain.config_base import JudgeConfig, Need, Resources, absolute_if_local, check_judge, model_exists_or_hub_id
+
+if TYPE_CHECKING:
+    from ain.config import RunConfig
+
+
+TRANSLATE_TO_AR_PROMPT = (
+    "Translate the following English text into Modern Standard Arabic. Keep every marker of the "
+    "form ⟦n⟧ exactly as it is. Answer with the translation only.\n\n{text}")
+TRANSLATE_TO_EN_PROMPT = (
+    "Translate the following Arabic text into English. Keep every marker of the form ⟦n⟧ exactly "
+    "as it is. Answer with the translation only.\n\n{text}")
+
+
+@dataclass
+class TranslateConfig:
+    """English samples -> Arabic, and back to English for verification."""
+
+    translator: JudgeConfig = field(default_factory=lambda: JudgeConfig(model="Qwen/Qwen2.5-72B-Instruct"))
+    """The translator model and its endpoint."""
+    to_ar_prompt: str = TRANSLATE_TO_AR_PROMPT
+    """User message for EN->AR; {text} is the English segment with protected spans masked."""
+    to_en_prompt: str = TRANSLATE_TO_EN_PROMPT
+    """User message for AR->EN (back-translation)."""
+    max_chars: int = 6000
+    """Longer text segments are handled by `over_long`."""
+    over_long: str = "skip"
+    """skip (sample dropped and counted) or truncate (segment cut at max_chars, counted)."""
+    num_tasks: int = 2
+    """Array size; each task takes a deterministic share of the ingested English samples."""
+    commit_every: int = 16
+    """Samples between progress commits."""
+    resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=2, mem_gb=16, time_min=240))
+
+    def resolve(self, cfg: "RunConfig") -> None:
+        self.translator.model = absolute_if_local(self.translator.model)
+
+    def judges(self, cfg: "RunConfig", run_root: Optional[Path]) -> dict[str, JudgeConfig]:
+        return {"translator": self.translator}
+
+    def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
+        check_judge(self.translator, "translate.translator", need, check_paths)
+        need(self.over_long in ("skip", "truncate"), "translate.over_long", "skip or truncate")
+        need(self.max_chars >= 1, "translate.max_chars", "must be >= 1")
+        need(self.commit_every >= 1, "translate.commit_every", "must be >= 1")
+        for key in ("to_ar_prompt", "to_en_prompt"):
+            need("{text}" in getattr(self, key), f"translate.{key}", "must contain {text}")
+
+
+@dataclass
+class VerifyConfig:
+    """The report's translation gate (REFERENCE.md §1), with re-translation of failures."""
+
+    labse_model: str = "sentence-transformers/LaBSE"
+    """sentence-transformers model for cosine(EN original, AR translation)."""
+    labse_batch_size: int = 64
+    """Sentences per LaBSE batch."""
+    min_labse: float = 0.80
+    """Minimum cosine similarity."""
+    min_bleu4: float = 60.0
+    """Minimum sentence BLEU-4 (0-100) of the back-translation against the original."""
+    min_meteor: float = 80.0
+    """Minimum METEOR (0-100)."""
+    min_rouge_l: float = 80.0
+    """Minimum ROUGE-L F1 (0-100)."""
+    exact_match_passes: bool = True
+    """A back-translation equal to the original after normalising case, spaces and punctuation
+    passes the overlap metrics (short turns: a one-word exact match scores METEOR 0.5)."""
+    max_retranslations: int = 2
+    """Re-translation attempts for a failing sample before it is rejected."""
+    retry_temperatures: list[float] = field(default_factory=lambda: [0.4, 0.8])
+    """Sampling temperature of re-translation attempt k (the last value repeats)."""
+    num_tasks: int = 2
+    """Array size."""
+    commit_every: int = 64
+    """Samples between progress commits."""
+    resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=2, mem_gb=16, time_min=240))
+
+    def resolve(self, cfg: "RunConfig") -> None:
+        self.labse_model = absolute_if_local(self.labse_model)
+        if "translate" not in cfg.stages:  # verify re-translates through translate's translator
+            cfg.translate.resolve(cfg)
+
+    def judges(self, cfg: "RunConfig", run_root: Optional[Path]) -> dict[str, JudgeConfig]:
+        return {"translator": cfg.translate.translator}  # failing samples are re-translated
+
+    def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
+        if "translate" not in cfg.stages:  # else translate's own check has reported it
+            cfg.translate.check(cfg, need, check_paths)
+        need(self.max_retranslations >= 0, "verify.max_retranslations", "must be >= 0")
+        need(bool(self.retry_temperatures) or self.max_retranslations == 0, "verify.retry_temperatures",
+             "needs at least one temperature when max_retranslations > 0")
+        need(-1.0 <= self.min_labse <= 1.0, "verify.min_labse", "a cosine similarity in [-1, 1]")
+        for key in ("min_bleu4", "min_meteor", "min_rouge_l"):
+            need(0 <= getattr(self, key) <= 100, f"verify.{key}", "a score on the 0-100 scale")
+        need(self.labse_batch_size >= 1, "verify.labse_batch_size", "must be >= 1")
+        if check_paths:
+            need(model_exists_or_hub_id(self.labse_model), "verify.labse_model",
+                 f"{self.labse_model!r}: no such local directory")
+        need(self.commit_every >= 1, "verify.commit_every", "must be >= 1")
+
+
+LLAVAGUARD_CATEGORIES = {
+    "O1": "Hate, Humiliation, Harassment",
+    "O2": "Violence, Harm, or Cruelty",
+    "O3": "Sexual Content",
+    "O4": "Nudity Content",
+    "O5": "Criminal Planning",
+    "O6": "Weapons or Substance Abuse",
+    "O7": "Self-Harm",
+    "O8": "Animal Cruelty",
+    "O9": "Disasters or Emergencies",
+}
+
+
+@dataclass
+class SafetyConfig:
+    """LlavaGuard-policy screening of every unique image and every text turn (REFERENCE.md §2)."""
+
+    vision_judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(
+        model="AIML-TUDA/LlavaGuard-v1.2-7B-OV-hf", max_tokens=256))
+    """Judge for images (a vision-language model served with vLLM)."""
+    text_judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(model="Qwen/Qwen3Guard-Gen-8B", max_tokens=256))
+    """Judge for text turns, English and Arabic (needs a multilingual model)."""
+    categories: list[str] = field(default_factory=lambda: ["O1", "O2", "O3", "O4", "O6", "O7", "O8", "O9"])
+    """LlavaGuard categories screened (the report's 8: all but O5 Criminal Planning)."""
+    vision_prompt: str = ""
+    """Policy prompt for images; empty: the LlavaGuard policy built from `categories`."""
+    text_prompt: str = ""
+    """Policy prompt for a text turn ({text} is the turn); empty: built from `categories`."""
+    unjudged_policy: str = "drop"
+    """What an answer that stays invalid after retries means: drop (and count) or keep (and count)."""
+    num_tasks: int = 2
+    """Array size; images are dealt by content hash, texts by sample, so each is judged once."""
+    commit_every: int = 32
+    """Items between progress commits."""
+    resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=2, mem_gb=16, time_min=240))
+
+    def resolve(self, cfg: "RunConfig") -> None:
+        for judge in (self.vision_judge, self.text_judge):
+            judge.model = absolute_if_local(judge.model)
+
+    def judges(self, cfg: "RunConfig", run_root: Optional[Path]) -> dict[str, JudgeConfig]:
+        if self.judges_share_endpoint():
+            return {"vision_judge": self.vision_judge}
+        return {"vision_judge": self.vision_judge, "text_judge": self.text_judge}
+
+    def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
+        check_judge(self.vision_judge, "safety.vision_judge", need, check_paths)
+        check_judge(self.text_judge, "safety.text_judge", need, check_paths)
+        bad = [c for c in self.categories if c not in LLAVAGUARD_CATEGORIES]
+        need(not bad, "safety.categories", f"unknown {bad}; LlavaGuard has {sorted(LLAVAGUARD_CATEGORIES)}")
+        need(self.unjudged_policy in ("drop", "keep"), "safety.unjudged_policy", "drop or keep")
+        need(self.commit_every >= 1, "safety.commit_every", "must be >= 1")
+
+    def judges_share_endpoint(self) -> bool:
+        """One endpoint serves both roles when they name the same model and server."""
+        return (self.vision_judge.model, self.vision_judge.server) == (self.text_judge.model, self.text_judge.server)
+
+
+@dataclass
+class MixConfig:
+    """Curated samples -> the training mix (one task: dedup and quotas need the global view)."""
+
+    authentic_arabic_share: Optional[float] = 0.35
+    """Target share of authentic (not translated) samples among Arabic ones; the larger group is
+    downsampled to meet it. null: keep what there is."""
+    arabic_share: Optional[float] = None
+    """Target share of Arabic samples among all; null: keep what there is."""
+    domain_caps: dict[str, int] = field(default_factory=dict)
+    """Most samples per domain, e.g. {medical: 50000}."""
+    dedup: bool = True
+    """Drop exact duplicates (same turns text and same images)."""
+    num_tasks: ClassVar[int] = 1  # not a setting: deduplication and quotas need every sample
+    resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=2, mem_gb=32, time_min=120))
+
+    def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
+        for key in ("authentic_arabic_share", "arabic_share"):
+            value = getattr(self, key)
+            need(value is None or 0.0 <= value <= 1.0, f"mix.{key}", "a share in [0, 1] or null")
+        need(all(v >= 0 for v in self.domain_caps.values()), "mix.domain_caps", "caps must be >= 0")
+
+
+@dataclass
+class ReportConfig:
+    """The curation report: report/curation.md, PNG plots and the same numbers as JSON."""
+
+    num_tasks: ClassVar[int] = 1  # not a setting: one report over the whole run
+    resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=1, mem_gb=4, time_min=30))

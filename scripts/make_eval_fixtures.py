@@ -8,7 +8,9 @@ Covers at least one CAMEL-Bench dataset per domain (MM understanding: mme, mmben
 OCR: khatt, isidocvqa; charts: chartqa with its answers blanked as on the hub; video: videomme
 with 9 frames; cultural: foodvqa (jsonl + image files); medical: medicalMMMU; agro: agrovqa;
 remote sensing: geochat, LLM-judged), ArabicMMLU (few-shot rows included, which are skipped) and
-three English benchmarks (mmbench_en, mmmu_en, chartqa_en). Deterministic: same bytes every run.
+English benchmarks (mmbench_en with its CircularEval copies as rows, mmmu_en, chartqa_en, seed_en with
+list-valued images, mathvista_en with decoded_image, mmt_bench_en, pope_en). Deterministic: same bytes
+every run.
 """
 
 from __future__ import annotations
@@ -131,12 +133,21 @@ def main(out: Path) -> None:
         mmlu.append(row)
     write_jsonl(out / "arabic_mmlu.jsonl", mmlu)
 
-    write_parquet(out / "mmbench_en.parquet", [
-        {"index": 0, "question": "What colour is the image?", "hint": None, "A": "red", "B": "green", "C": "blue",
-         "D": "yellow", "answer": "A", "category": "color", "image": img(0)},
-        {"index": 1, "question": "Which shape is shown?", "hint": "A plain picture.", "A": "square", "B": "circle",
-         "C": None, "D": None, "answer": "B", "category": "shape", "image": img(1)},
-    ], ["image"])
+    # lmms-lab/MMBench (en, dev): every CircularEval copy is a row of its own, index + k * 1e6, its
+    # options shifted by k and the answer letter moved with them (as the hub's TSV-derived rows).
+    mmb = []
+    for index, question, hint, options, answer, k_img in [
+            (0, "What colour is the image?", None, ["red", "green", "blue", "yellow"], 0, 0),
+            (1, "Which shape is shown?", "A plain picture.", ["square", "circle"], 1, 1)]:
+        for k in range(len(options)):
+            shifted = options[k:] + options[:k]
+            mmb.append({"index": index + k * 1_000_000, "question": question, "hint": hint,
+                        **{c: (shifted[i] if i < len(shifted) else None) for i, c in enumerate("ABCD")},
+                        "answer": "ABCD"[(answer - k) % len(options)], "category": "color" if index == 0 else "shape",
+                        "image": img(k_img), "source": "fixture", "L2-category": "attribute_reasoning",
+                        "comment": None, "split": "dev"})
+    mmb.sort(key=lambda r: (r["index"] >= 1_000_000, r["index"]))  # main rows first, then the copies
+    write_parquet(out / "mmbench_en.parquet", mmb, ["image"])
     write_parquet(out / "mmmu_en.parquet", [
         {"id": "validation_Math_1", "question": "<image 1> What is 2+2?", "options": "['3', '4', '5', '6']",
          "answer": "B", "question_type": "multiple-choice", "image_1": img(2), **{f"image_{k}": None for k in range(2, 8)}},
@@ -150,6 +161,38 @@ def main(out: Path) -> None:
         (out / name).write_bytes(png(i, (64, 48)))
         chart.append({"question": q, "answer": a, "type": "human_test", "image": name})
     write_jsonl(out / "chartqa_en.jsonl", chart)
+    # lmms-lab/SEED-Bench: `image` is a LIST of images (one for image rows, frames for video rows),
+    # data_type image|video; the paper's SEED score is the image split.
+    seed = [{"answer": "A", "choice_a": "red", "choice_b": "green", "choice_c": "blue", "choice_d": "yellow",
+             "data_id": "1", "data_type": "image", "question": "What colour is the picture?", "question_id": "101",
+             "question_type_id": 1, "image": [img(0)], "segment": None},
+            {"answer": "B", "choice_a": "walking", "choice_b": "running", "choice_c": "sitting", "choice_d": "sleeping",
+             "data_id": "v1", "data_type": "video", "question": "What happens?", "question_id": "102",
+             "question_type_id": 10, "image": [img(1), img(2), img(3)], "segment": [0, 3]},
+            {"answer": "C", "choice_a": "red", "choice_b": "green", "choice_c": "blue", "choice_d": "yellow",
+             "data_id": "2", "data_type": "image", "question": "And this one?", "question_id": "103",
+             "question_type_id": 1, "image": [img(2)], "segment": None}]
+    pq.write_table(pa.table({key: (pa.array([r[key] for r in seed], type=pa.list_(IMAGE)) if key == "image"
+                                   else pa.array([r[key] for r in seed])) for key in seed[0]}), out / "seed_en.parquet")
+    # AI4Math/MathVista testmini: the picture is `decoded_image`; `image` is a path string.
+    write_parquet(out / "mathvista_en.parquet", [
+        {"pid": "1", "question": "How many sides?", "image": "images/1.jpg", "decoded_image": img(4),
+         "choices": None, "unit": None, "precision": None, "answer": "3", "question_type": "free_form",
+         "answer_type": "integer", "pid_meta": "x", "query": "Hint: Please answer the question requiring an integer "
+         "answer and provide the final value, e.g., 1, 2, 3, at the end.\nQuestion: How many sides?"},
+    ], ["decoded_image"])
+    # lmms-lab/MMT-Benchmark (val): options in columns A..I, a letter answer, l2-category.
+    write_parquet(out / "mmt_bench_en.parquet", [
+        {"index": 0, "question": "Which colour dominates?", "A": "red", "B": "green", "C": "blue", "D": None,
+         "E": None, "F": None, "G": None, "H": None, "I": None, "answer": "A", "category": "vr",
+         "l2-category": "visual_recognition", "split": "VAL", "image": img(0)},
+    ], ["image"])
+    # lmms-lab/POPE: yes/no questions, category adversarial|popular|random.
+    write_parquet(out / "pope_en.parquet", [
+        {"id": str(i), "question_id": str(i), "question": f"Is there a {o} in the image?", "answer": a,
+         "image_source": "coco", "category": c, "image": img(i)}
+        for i, (o, a, c) in enumerate([("car", "yes", "adversarial"), ("dog", "no", "popular"), ("cat", "yes", "random"),
+                                       ("tree", "no", "random")])], ["image"])
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"wrote {out} ({total / 1024:.1f} KiB)")
 

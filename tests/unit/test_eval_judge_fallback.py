@@ -20,6 +20,7 @@ import pytest
 
 from ain.config import RunConfig
 from ain.config_base import JudgeConfig, ServerConfig
+from ain.eval import camel_judge
 from ain.eval import scoring as s
 from ain.eval.config import EvalConfig
 from ain.eval.prompts import LATIN
@@ -249,10 +250,10 @@ def test_mathvista_extraction_by_the_judge_then_normalisation(tmp_path, registry
 
 
 def test_old_predictions_without_a_stored_question_read_it_from_the_data(tmp_path, registry):
-    preds = [mmb("0@1", "Warm, like a ripe tomato.", "D", ["green", "blue", "yellow", "red"], question=None)]
+    preds = [mmb("2", "Warm, like a ripe tomato.", "D", ["green", "blue", "yellow", "red"], question=None)]
     with JudgeServer({"ripe tomato": "D"}) as judge:
         rows = score_predictions(make_ctx(tmp_path, judge.url), unit_of(registry, "mmbench_en"), preds)
-        assert "Question: What colour is the image?\nOptions:\nA. green" in judge.prompts()[0]  # fixture row 0
+        assert "Question: What colour is the image?\nOptions:\nA. green" in judge.prompts()[0]  # fixture row 2
     assert (rows[0]["matched_by"], rows[0]["correct"]) == ("judge", True)
 
 
@@ -261,10 +262,14 @@ def test_camel_bench_verdicts_still_go_through_the_shared_judge_path(tmp_path, r
               "backend": "hf"},
              {"id": "geochat/1", "dataset": "geochat", "prediction": "صناعية", "gold": "سكنية", "meta": {},
               "backend": "hf"}]
-    with JudgeServer({"ثلاثة مبان": '{"same": 1}', "صناعية": "not json"}) as judge:
+    with JudgeServer({"ثلاثة مبان": '{"score": 1}', "صناعية": "not json"}) as judge:
         ctx = make_ctx(tmp_path, judge.url, ("geochat",), ("camel_bench",))
         rows = score_predictions(ctx, unit_of(registry, "geochat"), preds)
-        assert any("كم عدد المباني في الصورة؟" in p for p in judge.prompts())  # the question, re-read from the data
+        # CAMEL-Bench's fuzz_eval.py sends the FIRST LINE of the prompt the model saw (re-read from
+        # the data): for geochat that is its instruction line, not the question
+        assert any('Question: "أجب على السؤال التالي بكلمة أو جملة."\nPredicted Answer: "ثلاثة مبان"\n'
+                   'Ground Truth: "ثلاثة"\nScore: ' in p for p in judge.prompts())
+        assert all(r["messages"][0] == {"role": "system", "content": camel_judge.SYSTEM} for r in judge.requests)
         assert all(r["response_format"]["type"] == "json_schema" for r in judge.requests)
     assert rows[0]["correct"] is True and "matched_by" not in rows[0]
     assert (rows[1]["correct"], rows[1]["reason"]) == (None, "judge gave no valid verdict")

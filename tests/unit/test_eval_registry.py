@@ -42,9 +42,11 @@ def test_registry_covers_all_44_camel_datasets_in_8_domains(registry):
 
 
 def test_units_split_large_domains_by_dataset(registry):
-    units = eval_units(EvalConfig(), registry)
-    names = [u.name for u in units]
+    units = eval_units(EvalConfig(camel_grouping="camel_bench"), load_registry(ROOT / "configs/eval", "camel_bench"))
     assert len(units) == 20 + 9 + 6 + 1 + 10            # VQA and OCR per dataset, 6 domains whole
+    units = eval_units(EvalConfig(), registry)            # AIN's grouping: 2 multi-image sets leave VQA for Video
+    names = [u.name for u in units]
+    assert len(units) == 18 + 9 + 6 + 1 + 10
     assert "camel_bench/charts" in names and "camel_bench/ocr/khatt" in names and "arabic_mmlu/arabic_mmlu" in names
     cfg = EvalConfig(benchmarks=["camel_bench"], datasets=["mme", "khatt", "foodvqa", "celebvqa"])
     assert [u.name for u in eval_units(cfg, registry)] == [
@@ -112,17 +114,23 @@ def test_arabic_mmlu_prompts_tasks_and_few_shot_rows(registry):
     assert en[2].prompt.split("Question: ")[1].startswith("سياق قصير\n\n")                       # context first
     assert en[5].gold == "E" and en[5].meta["letters"] == ["A", "B", "C", "D", "E"]
     ar = _items(registry, "arabic_mmlu", mmlu_prompt_language="ar", mmlu_letters="ar")
-    assert ar[0].prompt.startswith("هذا سؤال رياضي للمدرسة الابتدائية في الأردن. اختر الإجابة الصحيحة!\n\nسؤال: ")
+    # util_prompt.py @ 84511e81 (current): "في الرياضيات", "للمرحلة ...", fifth letter ه
+    assert ar[0].prompt.startswith("هذا سؤال في الرياضيات للمرحلة الابتدائية في الأردن. اختر الإجابة الصحيحة!\n\nسؤال: ")
     assert "\nأ- خيار 1\nب- خيار 2" in ar[0].prompt and ar[0].prompt.endswith("\n\nإجابة: ")
-    assert ar[5].meta["letters"][4] == "و"
+    assert ar[5].meta["letters"][4] == "ه"
 
 
-def test_mmbench_en_is_expanded_into_rotations(registry):
+def test_mmbench_en_rows_are_the_circular_copies_grouped_by_index(registry):
+    """lmms-lab/MMBench already holds the shifted copies (index + k * 1e6): each row is asked once,
+    never rotated again, and CircularEval groups rows by index % 1e6 (lmms-eval mmbench_evals.py)."""
     items = _items(registry, "mmbench_en")
-    assert [it.id for it in items] == ["mmbench_en/0@0", "mmbench_en/0@1", "mmbench_en/0@2", "mmbench_en/0@3",
-                                       "mmbench_en/1@0", "mmbench_en/1@1"]
-    assert [it.gold for it in items[:4]] == ["A", "D", "C", "B"]      # the gold letter follows "red"
-    assert items[1].prompt.startswith("What colour is the image?\nA. green\nB. blue\nC. yellow\nD. red\n")
+    assert [it.id for it in items] == [f"mmbench_en/{i}" for i in range(6)]
+    assert [it.meta["group"] for it in items] == ["0", "1", "0", "1", "0", "0"]
+    by_group = {g: [it.gold for it in items if it.meta["group"] == g] for g in ("0", "1")}
+    assert by_group == {"0": ["A", "D", "C", "B"], "1": ["B", "A"]}      # the gold letter follows "red" / "circle"
+    assert items[2].prompt == ("What colour is the image? There are several options:\nA. green\nB. blue\nC. yellow\n"
+                               "D. red\n\nAnswer with the option's letter from the given choices directly.")
+    assert items[1].prompt.startswith("A plain picture. Which shape is shown? There are several options:\nA. square")
 
 
 def test_bad_rows_name_file_row_and_reason(tmp_path, registry):

@@ -7,7 +7,7 @@
   (`tokenizer.encode(letter)[-1]`).
 - `EndpointBackend`: an OpenAI-compatible server (vLLM on a cluster, `transformers serve` in
   tests) through `ain.serve.client.ChatClient`; images are sent as `data:` URLs of the same
-  resized JPEGs. OpenAI-compatible servers do not expose restricted next-token logits, so on
+  encoded bytes the hf backend decodes (ain.eval.data.Item.image_files). OpenAI-compatible servers do not expose restricted next-token logits, so on
   this backend ArabicMMLU is answered by generation (one token, first letter parsed), which the
   report marks.
 """
@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import logging
 from typing import Any, Optional
 
@@ -45,10 +44,10 @@ class HFBackend:
             model_path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation).to(self.device).eval()
 
     def generate(self, requests: list[tuple[str, list[Any]]], max_new_tokens: int) -> list[str]:
-        """[(prompt, images)] -> replies, one generate() call for the whole list."""
+        """[(prompt, encoded images)] -> replies, one generate() call for the whole list."""
         texts = [self.processor.apply_chat_template(_messages_hf(p, len(imgs)), tokenize=False, add_generation_prompt=True)
                  for p, imgs in requests]
-        images = [img for _, imgs in requests for img in imgs]
+        images = [img.decode() for _, imgs in requests for img in imgs]
         inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt").to(self.device)
         with self.torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
@@ -71,10 +70,9 @@ class HFBackend:
         pass
 
 
-def image_data_url(img: Any) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG")
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+def image_data_url(image: Any) -> str:
+    """An encoded image (ain.eval.data.ImageFile) as a data: URL of its own bytes."""
+    return f"data:{image.mime};base64," + base64.b64encode(image.data).decode("ascii")
 
 
 def _messages_openai(prompt: str, images: list[Any]) -> list[dict]:

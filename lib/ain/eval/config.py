@@ -8,6 +8,7 @@ only choose what to run and how.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,27 @@ FAMILIES = ("camel_bench", "arabic_mmlu", "english")
 
 def _judge(model: str, max_tokens: int) -> JudgeConfig:
     return JudgeConfig(model=model, max_tokens=max_tokens, max_concurrency=8)
+
+
+# Qwen2-VL-7B's context (max_position_embeddings): the largest English prompt (MMMU, up to 7
+# images at their own resolution) must fit; 8192, the judges' default, does not.
+EVAL_MODEL_LEN = 32768
+
+
+def _model_under_evaluation() -> JudgeConfig:
+    judge = _judge("", 2000)
+    judge.server.command = ["vllm", "serve", "{model}", "--host", "{host}", "--port", "{port}",
+                            "--tensor-parallel-size", "{tensor_parallel_size}", "--max-model-len", str(EVAL_MODEL_LEN)]
+    return judge
+
+
+def vllm_image_flags(command: list[str], max_images: int) -> list[str]:
+    """A `vllm serve` command with `--limit-mm-per-prompt` set (vLLM accepts ONE image per prompt
+    unless told otherwise): the largest image count of any registered dataset. Other commands
+    (transformers serve) and commands that already set it are returned unchanged."""
+    if not any("vllm" in part for part in command[:3]) or "--limit-mm-per-prompt" in command:
+        return command
+    return [*command, "--limit-mm-per-prompt", json.dumps({"image": max_images})]
 
 
 @dataclass
@@ -66,7 +88,15 @@ class EvalConfig:
     """ArabicMMLU option letters: en (A-E) or ar (أ ب ج د و)."""
     seed: int = 42
     """Seed of MMMU's random fallback when no option can be parsed (official: 42)."""
-    endpoint: JudgeConfig = field(default_factory=lambda: _judge("", 2000))
+    ocr_cer_unit: str = "utf8_bytes"
+    """CAMEL-Bench OCR sets: utf8_bytes (the official fastcer: fast_edit_distance counts edits between
+    UTF-8 bytes, capped; comparable with the published numbers) or characters (a character-level
+    CER; not comparable)."""
+    camel_grouping: str = "ain"
+    """CAMEL-Bench domains: ain (AIN's Table 1: the multi-image sets mutliimagemmt and muribench in
+    "General Video & Multi-Image") or camel_bench (the CAMEL-Bench paper's Table 2: they are in MM
+    understanding, video holds only the two video sets)."""
+    endpoint: JudgeConfig = field(default_factory=_model_under_evaluation)
     """endpoint backend: how to reach the model under evaluation (`model` empty: the checkpoint);
     server.command is vLLM on a cluster, `transformers serve` in tests."""
     judge: JudgeConfig = field(default_factory=lambda: _judge("", 16))
@@ -110,10 +140,13 @@ class EvalConfig:
         if "eval" not in cfg.stages and "eval_report" not in cfg.stages:
             self.num_tasks = max(self.num_tasks, 1)
             return
-        from ain.eval.registry import RegistryError, eval_units  # noqa: PLC0415
+        from ain.eval.registry import RegistryError, eval_units, largest_image_count, load_registry  # noqa: PLC0415
 
         try:
-            self.num_tasks = len(eval_units(self))
+            registry = load_registry(self.registry_path(), self.camel_grouping)
+            self.num_tasks = len(eval_units(self, registry))
+            self.endpoint.server.command = vllm_image_flags(self.endpoint.server.command,
+                                                            largest_image_count(registry))
         except (RegistryError, ValueError):
             self.num_tasks = 0
 
@@ -125,6 +158,8 @@ class EvalConfig:
         need(not bad, "eval.benchmarks", f"unknown {bad}; known: {list(FAMILIES)}")
         need(bool(self.benchmarks), "eval.benchmarks", "empty: list at least one family")
         need(self.backend in ("hf", "endpoint"), "eval.backend", "hf or endpoint")
+        need(self.ocr_cer_unit in ("utf8_bytes", "characters"), "eval.ocr_cer_unit", "utf8_bytes or characters")
+        need(self.camel_grouping in ("ain", "camel_bench"), "eval.camel_grouping", "ain or camel_bench")
         need(self.dtype in ("bfloat16", "float16", "float32"), "eval.dtype", "bfloat16, float16 or float32")
         need(self.attn_implementation in ("sdpa", "eager", "flash_attention_2"), "eval.attn_implementation",
              "sdpa, eager or flash_attention_2")
@@ -135,7 +170,7 @@ class EvalConfig:
         need(self.mmlu_prompt_language in ("en", "ar"), "eval.mmlu_prompt_language", "en or ar")
         need(self.mmlu_letters in ("en", "ar"), "eval.mmlu_letters", "en or ar")
         try:
-            registry = load_registry(self.registry_path())
+            registry = load_registry(self.registry_path(), self.camel_grouping)
             units = eval_units(self, registry)
         except (RegistryError, ValueError) as exc:
             need(False, "eval.registry_dir", str(exc))

@@ -43,46 +43,69 @@ class Item:
     base_dir: Optional[Path] = None
     source: str = ""
 
-    def images(self, side: Optional[int], max_images: Optional[int]) -> list[Any]:
-        """Decoded RGB images, at most `max_images`, longer side resized to `side` and re-encoded
-        as JPEG exactly as the official runner (which saves temp/image<i>.jpg and reloads it)."""
+    def image_files(self, side: Optional[int], max_images: Optional[int]) -> list["ImageFile"]:
+        """The encoded images both backends receive, at most `max_images`: with `side` (CAMEL-Bench)
+        the longer side resized to `side` and saved as JPEG, exactly as the official runner (which
+        writes temp/image<i>.jpg and sends that file); without, the dataset's own bytes. The hf
+        backend decodes these bytes, the endpoint backend sends them as they are (data: URL), so
+        the two see the same pixels."""
         from PIL import Image  # noqa: PLC0415
 
         raws = self.raw_images[:max_images] if max_images else self.raw_images
         out = []
         for k, raw in enumerate(raws):
             try:
-                img = decode_image(raw, self.base_dir)
+                data = raw_bytes(raw, self.base_dir)
+                img = Image.open(io.BytesIO(data))
+                img.load()
+                if side:
+                    w, h = img.size
+                    nw = side if w > h else int((side / h) * w)
+                    nh = int((side / w) * h) if w > h else side
+                    buf = io.BytesIO()
+                    img.resize((max(nw, 1), max(nh, 1))).convert("RGB").save(buf, format="JPEG")
+                    out.append(ImageFile(buf.getvalue(), "image/jpeg"))
+                else:
+                    out.append(ImageFile(data, Image.MIME.get(img.format or "", "application/octet-stream")))
             except Exception as exc:  # noqa: BLE001 (any decoder error is a data error)
                 raise DataError(f"{self.source}: item {self.id}: image {k} cannot be decoded: {exc}") from exc
-            if side:
-                w, h = img.size
-                nw = side if w > h else int((side / h) * w)
-                nh = int((side / w) * h) if w > h else side
-                img = img.resize((max(nw, 1), max(nh, 1))).convert("RGB")
-                buf = io.BytesIO()
-                img.save(buf, format="JPEG")
-                img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-            out.append(img.convert("RGB"))
         return out
 
+    def images(self, side: Optional[int], max_images: Optional[int]) -> list[Any]:
+        """`image_files` decoded to RGB (what the hf backend's processor gets)."""
+        return [f.decode() for f in self.image_files(side, max_images)]
 
-def decode_image(raw: Any, base_dir: Optional[Path]) -> Any:
-    from PIL import Image  # noqa: PLC0415
 
-    if hasattr(raw, "convert"):
-        return raw
+@dataclass(frozen=True)
+class ImageFile:
+    """An encoded image as a backend receives it."""
+
+    data: bytes
+    mime: str
+
+    def decode(self) -> Any:
+        from PIL import Image  # noqa: PLC0415
+
+        return Image.open(io.BytesIO(self.data)).convert("RGB")
+
+
+def raw_bytes(raw: Any, base_dir: Optional[Path]) -> bytes:
+    """The encoded bytes of an image cell (a PIL image from the hub is re-encoded losslessly as PNG)."""
+    if hasattr(raw, "save") and not isinstance(raw, (bytes, bytearray, dict, str)):
+        buf = io.BytesIO()  # an already decoded image: PNG keeps its pixels exactly
+        raw.save(buf, format="PNG")
+        return buf.getvalue()
     if isinstance(raw, dict):
         if raw.get("bytes"):
-            return Image.open(io.BytesIO(raw["bytes"]))
+            return bytes(raw["bytes"])
         raw = raw.get("path")
     if isinstance(raw, (bytes, bytearray)):
-        return Image.open(io.BytesIO(raw))
+        return bytes(raw)
     if isinstance(raw, str):
         path = Path(raw)
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
-        return Image.open(path)
+        return path.read_bytes()
     raise ValueError(f"unsupported image cell of type {type(raw).__name__}")
 
 
@@ -106,7 +129,20 @@ def iter_rows(spec: DatasetSpec, data_root: str = "") -> tuple[str, Optional[Pat
 
     ds = datasets.load_dataset(spec.hub, spec.config, split=spec.split) if spec.config else \
         datasets.load_dataset(spec.hub, split=spec.split)
-    return f"{spec.hub}[{spec.split}]", None, iter(ds)
+    return f"{spec.hub}[{spec.split}]", None, iter(undecoded_images(ds))
+
+
+def undecoded_images(ds: Any) -> Any:
+    """The dataset with its image columns (single or lists) left as {"bytes", "path"}: the bytes are
+    sent as stored instead of being decoded and re-encoded (lossy for JPEG)."""
+    import datasets  # noqa: PLC0415
+
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.Image):
+            ds = ds.cast_column(name, datasets.Image(decode=False))
+        elif isinstance(getattr(feature, "feature", None), datasets.Image):  # Sequence/List of images
+            ds = ds.cast_column(name, type(feature)(datasets.Image(decode=False)))
+    return ds
 
 
 def _local_rows(path: Path) -> Iterator[dict[str, Any]]:
@@ -163,10 +199,16 @@ def iter_items(spec: DatasetSpec, data_root: str = "", max_items: int = 0,
     for pos, row in enumerate(rows):
         if spec.family == "arabic_mmlu" and str(row.get("is_few_shot", 0)) in ("1", "True", "true"):
             continue
+        try:
+            if not selected(row, spec.where):
+                continue
+        except RowError as exc:
+            raise DataError(f"{source}: row {pos}: {exc}") from exc
         if max_items and taken >= max_items:
             break
         taken += 1
         try:
+            row = with_roles(row, spec.columns)
             questions = builder(row, opts)
             images = row_images(row, spec.images)
             extra = _mmlu_meta(row, spec) if spec.family == "arabic_mmlu" else {}
@@ -176,6 +218,29 @@ def iter_items(spec: DatasetSpec, data_root: str = "", max_items: int = 0,
             meta = {**q.meta, **extra}
             yield Item(id=f"{spec.name}/{pos}{q.key}", dataset=spec.name, prompt=q.prompt, gold=q.gold,
                        meta=meta, raw_images=images, base_dir=base_dir, source=source)
+
+
+def selected(row: dict[str, Any], where: dict[str, str]) -> bool:
+    """The registry's `where` filter: every named column equals its value (compared as text)."""
+    for column, value in where.items():
+        if column not in row:
+            raise RowError(f"column {column!r} (registry `where`) missing (columns: {sorted(row)})")
+        if str(row[column]) != value:
+            return False
+    return True
+
+
+def with_roles(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+    """The row with each role the registry's `columns` maps (e.g. image <- decoded_image) set from
+    its column, so the builders read one name whatever the dataset calls it."""
+    if not columns:
+        return row
+    out = dict(row)
+    for role, column in columns.items():
+        if column not in row:
+            raise RowError(f"column {column!r} (registry `columns.{role}`) missing (columns: {sorted(row)})")
+        out[role] = row[column]
+    return out
 
 
 def _mmlu_meta(row: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:

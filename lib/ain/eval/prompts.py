@@ -5,8 +5,8 @@ word (including its quirks: the literal "<image>" in the MMT prompt, Python-list
 Arabic commas in MMMU options). English builders follow lmms-eval's wording; ArabicMMLU follows
 mbzuai-nlp/ArabicMMLU util_prompt.py.
 
-A builder returns a list of `Question`s: one for most rows, N rotations for an N-option MMBench
-question (CircularEval). A malformed row raises RowError (the caller adds file and row).
+A builder returns a list of `Question`s (one per row). A malformed row raises RowError (the
+caller adds file and row).
 """
 
 from __future__ import annotations
@@ -30,23 +30,26 @@ OPEN_AR = "أجب عن السؤال باستخدام كلمة أو عبارة و
 MC_EN = "Answer with the option's letter from the given choices directly."
 OPEN_EN = "Answer the question using a single word or phrase."
 
-# ArabicMMLU (util_prompt.py / util_compute.py): the fifth Arabic letter is و, not ه.
-MMLU_LETTERS = {"en": ["A", "B", "C", "D", "E"], "ar": ["أ", "ب", "ج", "د", "و"]}
+# ArabicMMLU: mbzuai-nlp/ArabicMMLU util_prompt.py @ 84511e81 (= HEAD 8d5b148b) and util_compute.py
+# @ ab5c9fba. Upstream changed the fifth Arabic letter from و to ه (ab5c9fb, 84511e8; 2024-07-12)
+# and the level and subject strings (ddc3b0f, PR #2); these are the current ones, quirks included
+# (the leading space of Political Science, no "في" for Driving Test).
+MMLU_LETTERS = {"en": ["A", "B", "C", "D", "E"], "ar": ["أ", "ب", "ج", "د", "ه"]}
 MMLU_LEVEL_EN = {"Primary": "primary school", "Middle": "middle school", "High": "high school",
                  "Univ": "university", "Prof": "professional"}
-MMLU_LEVEL_AR = {"Primary": "للمدرسة الابتدائية", "Middle": "للمدرسة المتوسطة", "High": "للمدرسة الثانوية",
+MMLU_LEVEL_AR = {"Primary": "للمرحلة الابتدائية", "Middle": "للمرحلة المتوسطة", "High": "للمرحلة الثانوية",
                  "Univ": "للجامعات", "Prof": "للمحترفين"}
 MMLU_COUNTRY_AR = {"UAE": "في دولة الإمارات العربية المتحدة", "Egypt": "في مصر", "Lebanon": "في لبنان",
                    "Jordan": "في الأردن", "Kuwait": "في الكويت", "KSA": "في المملكة العربية السعودية",
                    "Palestine": "في فلسطين", "Morocco": "في المغرب"}
 MMLU_SUBJECT_AR = {
-    "Islamic Studies": "دراسة إسلامية", "Driving Test": "اختبار القيادة", "Natural Science": "في العلوم الطبيعية",
-    "History": "تاريخي", "General Knowledge": "معرفي عام", "Law": "قانوني", "Physics": "فيزياء",
-    "Social Science": "في العلوم الاجتماعية", "Management": "تسييري", "Arabic Language": "باللغة العربية",
-    "Political Science": " في العلوم السياسية", "Philosophy": " فلسفي", "Accounting": "محاسبي",
-    "Computer Science": "في علوم الحاسوب", "Geography": "جغرافيا", "Math": "رياضي", "Biology": "في علم الأحياء",
-    "Economics": "اقتصادي موجه", "Arabic Language (General)": "في اللغة العربية (عام)",
-    "Arabic Language (Grammar)": "في اللغة العربية (قواعد)", "Civics": "التربية المدنية"}
+    "Islamic Studies": "في الدراسات الإسلامية", "Driving Test": "اختبار القيادة", "Natural Science": "في العلوم الطبيعية",
+    "History": "في التاريخ", "General Knowledge": "في المعلومات العامة", "Law": "في القانون", "Physics": "في الفيزياء",
+    "Social Science": "في العلوم الاجتماعية", "Management": "في الإدارة", "Arabic Language": "في اللغة العربية",
+    "Political Science": " في العلوم السياسية", "Philosophy": "في الفلسفة", "Accounting": "في المحاسبة",
+    "Computer Science": "في علوم الحاسوب", "Geography": "في الجغرافيا", "Math": "في الرياضيات", "Biology": "في علم الأحياء",
+    "Economics": "في الاقتصاد", "Arabic Language (General)": "في اللغة العربية (عام)",
+    "Arabic Language (Grammar)": "في اللغة العربية (قواعد النحو)", "Civics": "في التربية المدنية"}
 
 
 class RowError(ValueError):
@@ -230,9 +233,12 @@ def mathvista(row, opts):
 def scienceqa(row, opts):
     context = text(row, "hint")
     choices = option_list(row.get("choices"), "choices")
+    if gold_of(row) is not None:
+        _index_gold(row, len(choices))  # a gold that is not an option's index is a data error
     if context:
         context = f"السياق: {context}\n"
-    return _one(f"{context}{text(row, 'question')}\n{_arabic_options(choices)}\n.أجب بحرف الخيار من الخيارات المعطاة مباشرة", row)
+    return _one(f"{context}{text(row, 'question')}\n{_arabic_options(choices)}\n.أجب بحرف الخيار من الخيارات المعطاة مباشرة", row,
+                options=choices)
 
 
 def videomme(row, opts):
@@ -251,28 +257,45 @@ def _latin_options(options: list[str]) -> str:
     return "\n".join(f"{LATIN[i]}. {o}" for i, o in enumerate(options))
 
 
+MMBENCH_COPIES = 1_000_000
+"""lmms-lab/MMBench stores each CircularEval copy (options shifted) as its own row, index + k * 1e6;
+lmms-eval mmbench_evals.py and VLMEvalKit group them by index % 1e6."""
+
+
 def mmbench_en(row, opts):
-    """CircularEval: an N-option question is asked N times, options rotated by k; the gold letter
-    moves with its option. Rotation k has id suffix '@k' and meta group = the question."""
-    letters = [k for k in "ABCDEFGHI" if not missing(row.get(k))]
+    """lmms-eval mmbench/en_utils.py + mmbench_evals.py create_options_prompt (@75571cf): "{hint}
+    {question} There are several options:\nA. ..\n\nAnswer with the option's letter ..."; the
+    rows already are the rotated copies, so each is asked once and grouped for CircularEval."""
+    options = {k: str(row[k]) for k in "ABCDE" if k in row and not missing(row[k]) and row[k]}
+    if len(options) < 2:
+        raise RowError(f"needs at least 2 options in columns A..E, found {sorted(options)}")
+    if missing(row.get("index")):
+        raise RowError("column 'index' missing: CircularEval groups the copies of a question by index % 1e6")
+    try:
+        group = int(float(row["index"])) % MMBENCH_COPIES
+    except (TypeError, ValueError) as exc:
+        raise RowError(f"column 'index': {row['index']!r} is not a number") from exc
+    options_prompt = ("There are several options:\n" + "".join(f"{k}. {v}\n" for k, v in options.items())).rstrip("\n")
+    hint = row.get("hint")
+    query = (f"{hint} {text(row, 'question')} {options_prompt}" if not missing(hint)
+             else f"{text(row, 'question')} {options_prompt}")
+    gold = gold_of(row)
+    if gold is not None and gold.strip() not in options:
+        raise RowError(f"answer {gold!r} is not one of the option letters {sorted(options)}")
+    return [Question(f"{query}\n\n{MC_EN}", gold, meta={
+        "options": list(options.values()), "letters": list(options), "group": str(group),
+        "question": text(row, "question")})]  # options/question: for the choice matcher
+
+
+def mmt_en(row, opts):
+    """lmms-eval mmt/utils.py mmt_doc_to_text (@75571cf): a literal "<image>", options "A: text"."""
+    letters = [k for k in "ABCDEFGHI" if row.get(k) and str(row[k]).strip() and not missing(row[k])]
     if len(letters) < 2:
         raise RowError(f"needs at least 2 options in columns A..I, found {letters}")
-    options = [str(row[k]) for k in letters]
-    gold = gold_of(row)
-    hint = row.get("hint")
-    head = f"{hint}\n{text(row, 'question')}" if not missing(hint) else text(row, "question")
-    out = []
-    for k in range(len(options)):
-        rotated = options[k:] + options[:k]
-        g = None
-        if gold is not None:
-            if gold.strip() not in letters:
-                raise RowError(f"answer {gold!r} is not one of the option letters {letters}")
-            g = LATIN[(letters.index(gold.strip()) - k) % len(options)]
-        out.append(Question(f"{head}\n{_latin_options(rotated)}\n{MC_EN}", g, key=f"@{k}",
-                            meta={"options": rotated, "letters": list(LATIN[:len(options)]),
-                                  "question": text(row, "question")}))  # for the choice matcher
-    return out
+    options = "\n".join(f"{k}: {str(row[k]).strip()}" for k in letters)
+    prompt = (f"Question: <image>\n{text(row, 'question').strip()}\n{options}"
+              "\nAnswer the question using a single character from the given options.")
+    return [Question(prompt, gold_of(row), meta={"letters": letters})]
 
 
 def mmmu_en(row, opts):
@@ -288,8 +311,14 @@ def chartqa_en(row, opts):
     return _one(f"{text(row, 'question')}\nAnswer the question with a single word.", row)
 
 
+MME_REPLACE = " Please answer yes or no."
+
+
 def mme_en(row, opts):
-    return _one(f"{text(row, 'question').strip()}\n{OPEN_EN}", row, group=str(row.get("question_id", "")),
+    """lmms-eval mme/utils.py mme_doc_to_text: the dataset's " Please answer yes or no." is removed
+    and the default post prompt appended."""
+    question = text(row, "question").strip().replace(MME_REPLACE, "")
+    return _one(f"{question}\n{OPEN_EN}", row, group=str(row.get("question_id", "")),
                 category=str(row.get("category", "")))
 
 
@@ -304,16 +333,27 @@ def seed_en(row, opts):
 
 
 def _index_gold(row: dict[str, Any], n: int) -> Optional[str]:
+    """The gold letter of a row whose answer is the index of the correct option (an integer)."""
     gold = gold_of(row)
     if gold is None:
         return None
     try:
-        i = int(float(gold))
+        return LATIN[option_index(gold, n)]
     except ValueError as exc:
-        raise RowError(f"answer {gold!r}: expected the index of the correct option") from exc
-    if not 0 <= i < n:
-        raise RowError(f"answer index {i} outside the {n} options")
-    return LATIN[i]
+        raise RowError(f"answer: {exc}") from exc
+
+
+def option_index(gold: Any, n_options: int) -> int:
+    """An integer in 0..n_options-1 given as an int or its digits, else ValueError: "1.5", "-1"
+    and "B" are errors (the official chr(ord('A') + int(gt)) raises on them or, for -1, would
+    wrap to another letter)."""
+    value = str(gold).strip()
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"{gold!r} is not the integer index of an option")
+    index = int(value)
+    if not 0 <= index < n_options:
+        raise ValueError(f"index {index} is outside the {n_options} options (0..{n_options - 1})")
+    return index
 
 
 def scienceqa_en(row, opts):
@@ -384,5 +424,5 @@ def arabic_mmlu(row, opts):
 Builder = Callable[[dict[str, Any], dict], list[Question]]
 PROMPTS: dict[str, Builder] = {f.__name__: f for f in (
     mmbench, mme, gqa, realworldqa, vqav2, vizwiz, pope, countbench, mmmu, mmmu_pro, mmt, seed, options_list,
-    question, mathvista, scienceqa, videomme, geochat, mmbench_en, mmmu_en, chartqa_en, mme_en, short_en, seed_en,
+    question, mathvista, scienceqa, videomme, geochat, mmbench_en, mmt_en, mmmu_en, chartqa_en, mme_en, short_en, seed_en,
     scienceqa_en, ai2d_en, mathvista_en, arabic_mmlu)}

@@ -55,6 +55,13 @@ class DatasetSpec:
     judge_fallback: Optional[str] = None
     """choice_matcher / answer_extractor: ask `eval.judge` when the scorer's rule step cannot read
     a reply (ain.eval.scoring.JUDGE_FALLBACKS); None: the rule alone (unreadable = wrong)."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Where this dataset keeps a value the builders read under a standard name: role -> its column
+    (e.g. {image: decoded_image} for MathVista, {answer: number} for CAMEL-Bench countbench)."""
+    where: dict[str, str] = field(default_factory=dict)
+    """Only rows whose columns equal these values are asked (SEED-Bench: {data_type: image})."""
+    source: str = ""
+    """The official code the prompt, max_new_tokens and scorer follow (repository, file, commit)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,8 @@ def _get(obj: Any, key: str, where: str, kind: type = str, default: Any = ...) -
 def _spec(entry: Any, where: str, family: str, defaults: dict[str, Any], **extra: Any) -> DatasetSpec:
     name = _get(entry, "name", where)
     where = f"{where}[{name}]"
-    allowed = {"name", "prompt", "scorer", "images", "threshold", "hub", "config", "split", "metric", "judge_fallback"}
+    allowed = {"name", "prompt", "scorer", "images", "threshold", "hub", "config", "split", "metric", "judge_fallback",
+               "max_new_tokens", "columns", "where", "source"}
     unknown = set(entry) - allowed
     if unknown:
         raise RegistryError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -136,15 +144,30 @@ def _spec(entry: Any, where: str, family: str, defaults: dict[str, Any], **extra
         raise RegistryError(f"{where}.judge_fallback: {fallback} extends the scorers "
                             f"{list(JUDGE_FALLBACKS[fallback])}, not {scorer!r}")
     hub = _get(entry, "hub", where, default=defaults.get("hub", "")).replace("{name}", name)
+    mappings = {}
+    for key in ("columns", "where"):
+        value = _get(entry, key, where, dict, {})
+        bad = {k: v for k, v in value.items() if not isinstance(k, str) or not isinstance(v, (str, int, bool))}
+        if bad:
+            raise RegistryError(f"{where}.{key}: expected name -> value strings, got {bad}")
+        mappings[key] = {k: str(v) for k, v in value.items()}
     return DatasetSpec(name=name, family=family, hub=hub, split=_get(entry, "split", where, default=defaults.get("split", "train")),
                        config=_get(entry, "config", where, default=defaults.get("config")), prompt=prompt, scorer=scorer,
                        metric=metric, images=images, threshold=threshold, image_side=defaults.get("image_side"),
-                       max_images=defaults.get("max_images"), max_new_tokens=defaults.get("max_new_tokens", 128),
-                       judge_fallback=fallback, **extra)
+                       max_images=defaults.get("max_images"),
+                       max_new_tokens=_get(entry, "max_new_tokens", where, int, defaults.get("max_new_tokens", 128)),
+                       judge_fallback=fallback, source=_get(entry, "source", where, default=defaults.get("source", "")),
+                       **mappings, **extra)
 
 
-def load_registry(root: Path | str) -> Registry:
-    """Read and check every registry file under `root`."""
+GROUPINGS = ("ain", "camel_bench")
+
+
+def load_registry(root: Path | str, grouping: str = "ain") -> Registry:
+    """Read and check every registry file under `root`. `grouping` chooses the CAMEL-Bench domain
+    of the datasets the registry's `regroup` section moves (eval.camel_grouping)."""
+    if grouping not in GROUPINGS:
+        raise RegistryError(f"CAMEL-Bench grouping {grouping!r}: use one of {GROUPINGS}")
     root = Path(root)
     datasets: dict[str, DatasetSpec] = {}
     domains: list[Domain] = []
@@ -159,14 +182,30 @@ def load_registry(root: Path | str) -> Registry:
     where = str(path)
     defaults = {"hub": _get(doc, "hub", where), "split": _get(doc, "split", where),
                 "image_side": _get(doc, "image_side", where, int, None), "max_images": _get(doc, "max_images", where, int, None),
-                "max_new_tokens": _get(doc, "max_new_tokens", where, int, 2000)}
-    for d in _get(doc, "domains", where, list):
+                "max_new_tokens": _get(doc, "max_new_tokens", where, int, 2000), "source": _get(doc, "source", where, default="")}
+    regroup = _get(_get(doc, "regroup", where, dict, {}), grouping, f"{where}:regroup", dict, {})
+    entries: list[tuple[dict[str, Any], dict[str, Any], str]] = []  # (domain, dataset entry, where)
+    raw_domains = _get(doc, "domains", where, list)
+    for d in raw_domains:
         dname = _get(d, "name", f"{where}:domains")
+        for entry in _get(d, "datasets", f"{where}:domains[{dname}]", list):
+            entries.append((d, entry, f"{where}:domains[{dname}].datasets"))
+    names_of = {_get(d, "name", f"{where}:domains"): d for d in raw_domains}
+    moved = {_get(e, "name", w): names_of.get(regroup.get(_get(e, "name", w), dname_of(d)))
+             for d, e, w in entries}
+    unknown = [n for n, target in regroup.items() if target not in names_of or n not in moved]
+    if unknown:
+        raise RegistryError(f"{where}:regroup.{grouping}: {unknown}: dataset or target domain not in the registry")
+    for d in raw_domains:
+        dname = dname_of(d)
         dwhere = f"{where}:domains[{dname}]"
-        label = _get(d, "label", dwhere)
+        label = _get(d, f"label_{grouping}", dwhere, default=_get(d, "label", dwhere))
         names = []
-        for entry in _get(d, "datasets", dwhere, list):
-            spec = _spec(entry, f"{dwhere}.datasets", "camel_bench", defaults, domain=dname, domain_label=label)
+        # its own datasets first, then those the grouping moves into it, each in file order
+        for _, entry, ewhere in sorted(entries, key=lambda e: e[0] is not d):
+            if moved[_get(entry, "name", ewhere)] is not d:
+                continue
+            spec = _spec(entry, ewhere, "camel_bench", defaults, domain=dname, domain_label=label)
             add(spec, dwhere)
             names.append(spec.name)
         if not names:
@@ -188,7 +227,7 @@ def load_registry(root: Path | str) -> Registry:
     path = root / FILES["english"]
     doc = _load_yaml(path)
     where = str(path)
-    defaults = {"max_new_tokens": _get(doc, "max_new_tokens", where, int, 128)}
+    defaults = {"max_new_tokens": _get(doc, "max_new_tokens", where, int, 128), "source": _get(doc, "source", where, default="")}
     for entry in _get(doc, "benchmarks", where, list):
         add(_spec(entry, f"{where}:benchmarks", "english", defaults, domain=_get(entry, "name", where)), where)
 
@@ -204,9 +243,24 @@ def load_registry(root: Path | str) -> Registry:
     return Registry(datasets, domains, published, root)
 
 
+# image_0..image_8 (ain.eval.data.MULTI_COLUMNS): the most a multi-image row can hold
+MAX_MULTI_IMAGES = 9
+
+
+def largest_image_count(registry: Registry) -> int:
+    """The most images any registered dataset sends with one prompt (after its max_images cap)."""
+    counts = [0 if s.images == "none" else (s.max_images or MAX_MULTI_IMAGES) if s.images == "multi" else 1
+              for s in registry.datasets.values()]
+    return max(counts, default=1)
+
+
+def dname_of(domain: Any) -> str:
+    return str(domain.get("name")) if isinstance(domain, dict) else ""
+
+
 def eval_units(cfg: "EvalConfig", registry: Optional[Registry] = None) -> list[EvalUnit]:
     """The units (array tasks) of `cfg.benchmarks` filtered by `cfg.datasets`, in task order."""
-    registry = registry or load_registry(cfg.registry_path())
+    registry = registry or load_registry(cfg.registry_path(), cfg.camel_grouping)
     wanted = set(cfg.datasets)
 
     def keep(name: str) -> bool:

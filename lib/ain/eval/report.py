@@ -25,6 +25,12 @@ from ain.eval.stage import read_scores
 from ain.stages import TaskContext
 
 DASH = "—"
+GROUPING_NOTE = {
+    "ain": "AIN's (eval.camel_grouping=ain): its Video column is \"General Video & Multi-Image "
+           "Understanding\", so the multi-image sets mutliimagemmt and muribench are scored there.",
+    "camel_bench": "CAMEL-Bench's (eval.camel_grouping=camel_bench): multi-image sets under VQA "
+                   "(MM understanding), Video = the two video sets.",
+}
 
 
 def _fmt(value: Optional[float], digits: int = 2) -> str:
@@ -33,7 +39,7 @@ def _fmt(value: Optional[float], digits: int = 2) -> str:
 
 def collect(run, cfg) -> dict[str, Any]:
     ecfg, rcfg = cfg.eval, cfg.eval_report
-    registry = load_registry(ecfg.registry_path())
+    registry = load_registry(ecfg.registry_path(), ecfg.camel_grouping)
     units = eval_units(ecfg, registry)
     scores = read_scores(run.stage("eval").out, len(units))
     missing_units = [u.name for u, s in zip(units, scores) if s is None]
@@ -69,6 +75,7 @@ def collect(run, cfg) -> dict[str, Any]:
         for reason, n in v["unscored"].items():
             unscored[reason] = unscored.get(reason, 0) + n
     published = {fam: table for fam, table in registry.published.items()}
+    camel["grouping"] = ecfg.camel_grouping
     return {"checkpoint": checkpoint, "label": rcfg.label, "domain_average": rcfg.domain_average,
             "compare_with": rcfg.compare_with, "units": len(units), "missing_units": missing_units,
             "camel_bench": camel, "arabic_mmlu": mmlu, "english": english, "datasets": datasets,
@@ -90,6 +97,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines += ["## CAMEL-Bench", "",
                   f"Domain score: {data['domain_average']} average over its scored datasets; Total: unweighted mean "
                   "of the 8 domains (AIN).", "",
+                  f"Grouping: {GROUPING_NOTE[camel.get('grouping', 'ain')]} Datasets per domain: "
+                  + "; ".join(f"{label}: {', '.join(v['datasets'])}" for label, v in camel["domains"].items()) + ".", "",
                   "| Model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         ours = [_fmt(camel["domains"].get(c, {}).get("score")) for c in cols[:-1]]
         total = _fmt(camel["total"]) + ("" if camel["total_complete"] or camel["total"] is None

@@ -7,7 +7,11 @@ quirks included (kept on purpose so numbers compare with the published ones):
     "Because ..." (-> "B" -> "ب") counts as "ب". An empty reply (the official code raises) is wrong.
   - vizwiz: when the gold is a plain string, the official loop `for x in gt` runs over its
     CHARACTERS: any gold character found in the prediction counts as correct.
-  - OCR: CER = edit_distance / max(len(pred), len(gold)) (its `fastcer`), correct if <= threshold.
+  - OCR: its `fastcer`: fast_edit_distance.edit_distance(pred, gold, max_ed=1000) over the longer
+    string's length in characters, correct if <= threshold. That library counts edits between the
+    UTF-8 BYTES (an Arabic letter is 2 bytes, so a substituted letter costs 1 or 2) and caps the
+    distance at min(max_ed, longer length) + 1; see cer_value. `eval.ocr_cer_unit: characters`
+    gives a character-level CER instead (not comparable with the published numbers).
 English rules: ChartQA relaxed accuracy (pix2struct/lmms-eval), MMMU's eval_utils
 (parse_multi_choice_response with a seeded random fallback, parse_open_response/eval_open),
 MMBench's `can_infer` (option letter, then option text) with CircularEval, MME's yes/no parsing
@@ -35,7 +39,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ain.eval.prompts import ARABIC_LETTERS, LATIN, missing
+from ain.eval.prompts import ARABIC_LETTERS, LATIN, missing, option_index
 
 
 @dataclass
@@ -44,6 +48,8 @@ class ScoreContext:
 
     threshold: Optional[float] = None
     rng: random.Random = field(default_factory=lambda: random.Random(42))
+    cer_unit: str = "utf8_bytes"
+    """OCR CER unit: utf8_bytes (CAMEL-Bench's fastcer, the default) or characters."""
 
 
 # CAMEL-Bench --------------------------------------------------------------------------------------
@@ -104,25 +110,58 @@ def diagrams_mmmu(pred, gold, meta=None, ctx=None) -> bool:
 
 
 def scienceqa(pred, gold, meta=None, ctx=None) -> bool:
-    return mcq(pred, ARABIC_LETTERS[LATIN[int(float(gold))]])
+    """CAMEL-Bench scienceqa_eval: gold index -> Arabic letter (ScienceQA has at most 5 choices)."""
+    n = len((meta or {}).get("options") or []) or 5
+    return mcq(pred, ARABIC_LETTERS[LATIN[option_index(gold, n)]])
 
 
 def edit_distance(a: str, b: str) -> int:
-    from nltk.metrics.distance import edit_distance as _ed  # noqa: PLC0415 (nltk import is slow)
+    """Character-level Levenshtein distance (rapidfuzz; MathVista's official code uses the
+    Levenshtein package's `distance`, the same quantity)."""
+    from rapidfuzz.distance import Levenshtein  # noqa: PLC0415
 
-    return _ed(a, b)
+    return Levenshtein.distance(a, b)
 
 
-def cer_value(pred: str, gold: str) -> float:
-    """The official `fastcer`: edit distance over the longer of the two strings."""
+# What CAMEL-Bench passes as fast_edit_distance.edit_distance(..., max_ed=1000).
+FASTCER_MAX_ED = 1000
+
+
+def cer_value(pred: str, gold: str, unit: str = "utf8_bytes") -> float:
+    """CAMEL-Bench's `fastcer` (scripts/utils.py @ 8b64eb0): edit distance / max(len(pred), len(gold)).
+
+    utf8_bytes (default, the official numbers): fast_edit_distance 1.2.2's `edit_distance` encodes
+    both strings as UTF-8 and runs a banded Levenshtein over the bytes, with the band and the cap
+    max_ed = min(1000, longer length in characters); a distance above the cap comes back as cap + 1.
+    The denominator counts characters, so an Arabic CER can exceed 1. Identical strings score 0
+    (also two empty ones, where the official code divides by zero).
+
+    Deliberate difference: when the byte lengths differ by more than the cap, the official C code
+    reads outside its band (undefined behaviour: 0, negative or garbage values, differing between
+    processes, often 0 = "correct" for an empty or much shorter reply). The true distance is then
+    above the cap, so we return cap + 1, as the library's own contract says: always wrong.
+
+    characters: the plain character-level CER (Levenshtein over characters, no cap)."""
+    from rapidfuzz.distance import Levenshtein  # noqa: PLC0415 (only the OCR sets need it)
+
+    if pred == gold:
+        return 0.0
     longest = max(len(pred), len(gold))
-    return 0.0 if longest == 0 else edit_distance(pred, gold) / longest
+    if unit == "characters":
+        return Levenshtein.distance(pred, gold) / longest
+    if unit != "utf8_bytes":
+        raise ValueError(f"CER unit {unit!r}: use utf8_bytes or characters")
+    cap = min(FASTCER_MAX_ED, longest)
+    a, b = pred.encode("utf-8"), gold.encode("utf-8")
+    if abs(len(a) - len(b)) > cap:
+        return (cap + 1) / longest
+    return Levenshtein.distance(a, b, score_cutoff=cap) / longest
 
 
 def cer(pred, gold, meta=None, ctx=None) -> bool:
     if ctx is None or ctx.threshold is None:
         raise ValueError("the cer scorer needs a threshold (registry key 'threshold')")
-    return cer_value(pred.strip(), gold.strip()) <= ctx.threshold
+    return cer_value(pred.strip(), gold.strip(), ctx.cer_unit) <= ctx.threshold
 
 
 # English ----------------------------------------------------------------------------------------
@@ -142,7 +181,9 @@ def relaxed_correctness(target: str, prediction: str, max_relative_change: float
 
 
 def relaxed(pred, gold, meta=None, ctx=None) -> bool:
-    return relaxed_correctness(gold.strip(), pred.strip())
+    """lmms-eval chartqa_process_results: relaxed_correctness(reply, doc["answer"]) on the reply as
+    the harness passes it (stripped, nothing else) and the gold as stored."""
+    return relaxed_correctness(gold, pred.strip())
 
 
 def can_infer_option(answer: str, letters: list[str]) -> Optional[str]:
@@ -232,7 +273,8 @@ def normalize_str(s: str) -> list:
 def extract_numbers(s: str) -> list[str]:
     commas = re.findall(r"-?\b\d{1,3}(?:,\d{3})+\b", s)
     scientific = re.findall(r"-?\d+(?:\.\d+)?[eE][+-]?\d+", s)
-    simple = re.findall(r"-?(?:\d+\.\d+|\.\d+|\d+)(?![eE][+-]?\d+)(?![,\d])", s)
+    # \d+\b: an integer glued to a unit ("5km") is not a number; a decimal ("5.5km") still is
+    simple = re.findall(r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])", s)
     return commas + scientific + simple
 
 
@@ -251,7 +293,9 @@ def parse_open_response(response: str) -> list:
             for ind in indicators:
                 if ind in sub:
                     cand = sub.split(ind)[-1].strip()
-                    if shortest is None or len(cand) < len(shortest):
+                    # official: `if not shortest_key_response`: an empty tail does not end the
+                    # search, the next indicator's tail replaces it
+                    if not shortest or len(cand) < len(shortest):
                         shortest = cand
             if shortest and shortest.strip() not in [":", ",", ".", "!", "?", ";", ":", "'"]:
                 keys.append(shortest)
@@ -286,7 +330,7 @@ def mmmu(pred, gold, meta=None, ctx=None) -> bool:
     if meta.get("type") == "mc":
         letters = meta["letters"]
         choice = parse_multi_choice_response(pred, letters, dict(zip(letters, meta["options"])), ctx.rng)
-        return choice == gold.strip()
+        return choice in _gold_letters(gold)  # eval_multi_choice: a list gold accepts any of its letters
     try:
         golds = ast.literal_eval(gold)
         golds = golds if isinstance(golds, list) else gold
@@ -295,17 +339,79 @@ def mmmu(pred, gold, meta=None, ctx=None) -> bool:
     return eval_open(golds, parse_open_response(pred))
 
 
+def _gold_letters(gold: str) -> list[str]:
+    """A multiple-choice gold: one letter, or a list of letters (as a list or its Python string)."""
+    text = gold.strip()
+    if text.startswith("["):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return [text]
+        if isinstance(value, (list, tuple)):
+            return [str(v).strip() for v in value]
+    return [text]
+
+
 def yes_no_parse(pred: str) -> str:
-    """MME's parse_pred_ans: 'yes'/'no' if the reply is, or its first 4 characters contain, one."""
-    p = pred.strip().lower()
+    """MME's parse_pred_ans (lmms-eval mme/utils.py): lower-cased, stripped, periods removed; "yes"
+    or "no"; a single character: y -> yes, n -> no, else other; otherwise "yes"/"no" found in the
+    first 4 characters ("None" -> no)."""
+    p = pred.lower().strip().replace(".", "")
     if p in ("yes", "no"):
         return p
+    if len(p) == 1:
+        return {"y": "yes", "n": "no"}.get(p, "other")
     head = p[:4]
     return "yes" if "yes" in head else "no" if "no" in head else "other"
 
 
 def yes_no(pred, gold, meta=None, ctx=None) -> bool:
     return yes_no_parse(pred) == gold.strip().lower()
+
+
+def yes_no_exact(pred, gold, meta=None, ctx=None) -> bool:
+    """lmms-eval pope_process_results: the reply, lower-cased and stripped, equals "yes"/"no"
+    ("Yes." is wrong)."""
+    return pred.lower().strip() == gold.lower().strip()
+
+
+def sqa_letter(pred, gold, meta=None, ctx=None) -> bool:
+    """lmms-eval sqa_process_results (scienceqa/utils.py): the reply equals the gold letter (any
+    case), or starts with an upper-case letter and a period ("B. text"); "(B)" is wrong."""
+    target, reply = gold.strip().lower(), pred.strip()
+    if reply.lower() == target:
+        return True
+    return len(reply) >= 2 and reply[0].isupper() and reply[1] == "." and reply[0].lower() == target
+
+
+def first_letter(pred, gold, meta=None, ctx=None) -> bool:
+    """lmms-eval seed_process_result + seed_aggregation_result: the first character of the
+    stripped reply against the gold letter, case-insensitively."""
+    reply = pred.strip()
+    return bool(reply) and reply[0].lower() == gold.strip().lower()
+
+
+def mmt_parse_choice(response: str, letters: list[str], rng: random.Random) -> str:
+    """lmms-eval mmt/utils.py parse_multi_choice_response (adapted there from MMMU): "(X)", then
+    " X ", then "X."; several: the last " X "; none: a random letter (seeded here, unseeded there)."""
+    for char in [",", ".", "!", "?", ";", ":", "'"]:
+        response = response.strip(char)
+    response = " " + response + " "
+    candidates = [c for c in letters if f"({c})" in response]
+    if not candidates:
+        candidates = [c for c in letters if f" {c} " in response]
+    if not candidates:
+        candidates = [c for c in letters if f"{c}." in response]
+    if not candidates:
+        return rng.choice(letters)
+    if len(candidates) > 1:
+        return candidates[int(np.argmax([response.rfind(f" {c} ") for c in candidates]))]
+    return candidates[0]
+
+
+def mmt_choice(pred, gold, meta=None, ctx=None) -> bool:
+    ctx = ctx or ScoreContext()
+    return mmt_parse_choice(pred.strip(), list((meta or {})["letters"]), ctx.rng) == gold.strip()
 
 
 MATHVISTA_NUMERIC = ("integer", "float")
@@ -460,6 +566,7 @@ SCORERS: dict[str, Optional[Callable[..., bool]]] = {
     "mcq": mcq, "exact": exact, "mme": mme, "pope": pope, "vizwiz": vizwiz, "countbench": countbench,
     "diagrams_mmmu": diagrams_mmmu, "scienceqa": scienceqa, "cer": cer, "relaxed": relaxed, "letter": letter,
     "mmbench": letter, "mmmu": mmmu, "yes_no": yes_no, "mathvista": mathvista, "letter_logprob": letter_logprob,
+    "yes_no_exact": yes_no_exact, "sqa_letter": sqa_letter, "first_letter": first_letter, "mmt_choice": mmt_choice,
     "judge": None,
 }
 
@@ -482,6 +589,27 @@ def circular(rows: list[dict]) -> dict[str, Any]:
     passed = sum(all(r["correct"] for r in g) for g in scored)
     return {"score": 100.0 * passed / len(scored) if scored else None, "groups": len(groups),
             "groups_scored": len(scored), "groups_correct": passed, "vanilla_accuracy": _accuracy(rows)}
+
+
+def pope_metrics(rows: list[dict]) -> dict[str, Any]:
+    """POPE as lmms-eval's pope/utils.py aggregates it: accuracy, precision and recall of the
+    "yes" class (a reply that is neither "yes" nor "no" is a miss, counted in neither TP, FP nor
+    FN), F1, and the share of "yes" replies. `score` is F1, VLMEvalKit's "Overall" (the
+    OpenCompass leaderboard the AIN table matches); accuracy is reported beside it. lmms-eval's own
+    pope_yes_ratio counts the GOLD answers (always 0.5 on POPE): ours counts the replies."""
+    scored = [r for r in rows if r["correct"] is not None]
+    if not scored:
+        return {"score": None}
+    reply = [(r["gold"].lower().strip(), r["prediction"].lower().strip()) for r in scored]
+    tp = sum(g == "yes" and p == "yes" for g, p in reply)
+    fp = sum(g == "no" and p == "yes" for g, p in reply)
+    fn = sum(g == "yes" and p == "no" for g, p in reply)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"score": 100.0 * f1, "accuracy": _accuracy(rows), "precision": 100.0 * precision,
+            "recall": 100.0 * recall, "f1": 100.0 * f1,
+            "yes_ratio": 100.0 * sum(p == "yes" for _, p in reply) / len(reply)}
 
 
 def mme_score(rows: list[dict]) -> dict[str, Any]:
@@ -515,7 +643,7 @@ def category_macro(rows: list[dict], categories: dict[str, str]) -> dict[str, An
             "micro_accuracy": _accuracy(rows), "categories_expected": len(set(categories.values()))}
 
 
-METRICS = ("accuracy", "circular", "mme", "category_macro")
+METRICS = ("accuracy", "circular", "mme", "category_macro", "pope")
 
 
 def summarize(rows: list[dict], metric: str, categories: Optional[dict[str, str]] = None) -> dict[str, Any]:
@@ -542,6 +670,8 @@ def summarize(rows: list[dict], metric: str, categories: Optional[dict[str, str]
         out.update(mme_score(rows))
     elif metric == "category_macro":
         out.update(category_macro(rows, categories or {}))
+    elif metric == "pope":
+        out.update(pope_metrics(rows))
     else:
         out["score"] = _accuracy(rows)
     if rows and all(r.get("reason") == WITHHELD for r in rows if r["correct"] is None) and n_scored == 0:

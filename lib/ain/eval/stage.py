@@ -29,6 +29,7 @@ import random
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ain.atomic import atomic_write_json, atomic_write_text, iter_jsonl
+from ain.eval import camel_judge
 from ain.eval.config import EvalConfig
 from ain.eval.data import Item, iter_items
 from ain.eval.prompts import LATIN
@@ -52,17 +53,8 @@ NO_JUDGE = "no LLM judge configured (eval.judge.model)"
 JUDGE_INVALID = "judge gave no valid verdict"
 JUDGE_REJECTED = "judge rejected the request"
 
-# The CAMEL-Bench judge (GPT-4o there, forced tool call) asked whether two answers mean the same;
-# here the verdict is a JSON object, enforced by vLLM and validated by the client.
-JUDGE_PROMPT = (
-    "أنت حكم. قارن الإجابة المتوقعة بالإجابة الصحيحة للسؤال، وأجب بـ 1 إذا كان لهما المعنى نفسه وبـ 0 إذا لم يكن.\n"
-    "You are a judge. Answer 1 if the predicted answer means the same as the gold answer, else 0.\n"
-    "مثال: السؤال: ما لون السماء؟ الصحيحة: أزرق المتوقعة: السماء زرقاء -> {{\"same\": 1}}\n"
-    "مثال: السؤال: كم عدد القطط؟ الصحيحة: ٣ المتوقعة: اثنتان -> {{\"same\": 0}}\n\n"
-    "السؤال: {question}\nالصحيحة: {gold}\nالمتوقعة: {pred}\n"
-    "Reply with JSON only: {{\"same\": 0 or 1}}")
-JUDGE_SCHEMA = {"title": "same_answer", "type": "object",
-                "properties": {"same": {"type": "integer", "enum": [0, 1]}}, "required": ["same"]}
+# The open-ended CAMEL-Bench sets are judged with CAMEL-Bench's own prompt and verdict format
+# (ain.eval.camel_judge: scripts/fuzz_eval.py word for word; GPT-4o there, eval.judge here).
 
 # MMBench choice matcher (judge_fallback: choice_matcher), modelled on VLMEvalKit's build_prompt:
 # the question, its options and the free-form reply in, one option letter (or Z: none) out.
@@ -147,13 +139,13 @@ def predict(backend: Any, cfg: EvalConfig, spec: DatasetSpec, items: list[Item])
     if spec.scorer == "letter_logprob":
         choices = backend.letter_choice([(it.prompt, it.meta["letters"]) for it in items])
         return [{"prediction": LATIN[i] if i is not None else "", "logits": logits} for i, logits in choices]
-    requests = [(it.prompt, it.images(spec.image_side, spec.max_images)) for it in items]
+    requests = [(it.prompt, it.image_files(spec.image_side, spec.max_images)) for it in items]
     return [{"prediction": text} for text in backend.generate(requests, max_new_tokens(cfg, spec))]
 
 
 def run_eval_task(ctx: TaskContext) -> dict[str, Any]:
     cfg: EvalConfig = ctx.cfg.eval
-    registry = load_registry(cfg.registry_path())
+    registry = load_registry(cfg.registry_path(), cfg.camel_grouping)
     units = eval_units(cfg, registry)
     if len(units) != ctx.num_tasks:
         raise RuntimeError(f"eval: the registry now yields {len(units)} units but the stage was planned with "
@@ -237,7 +229,8 @@ def score_predictions(ctx: TaskContext, unit: EvalUnit, predictions: list[dict[s
                 settle(row, answer, "rule")
         else:
             row["correct"] = bool(SCORERS[spec.scorer](p["prediction"], p["gold"], p["meta"],
-                                                       ScoreContext(spec.threshold, rngs[spec.name])))
+                                                       ScoreContext(spec.threshold, rngs[spec.name],
+                                                                    cfg.ocr_cer_unit)))
         rows.append(row)
     if to_judge or any(unread.values()):
         judge_rows(ctx, to_judge, unread["choice_matcher"], unread["answer_extractor"])
@@ -320,8 +313,8 @@ def _user(content: str) -> list[dict[str, str]]:
 
 
 def _verdict_request(row: dict[str, Any], questions: dict[str, str]) -> dict[str, Any]:
-    return {"messages": _user(JUDGE_PROMPT.format(question=questions.get(row["id"], ""), gold=row["gold"],
-                                                  pred=row["prediction"])), "json_schema": JUDGE_SCHEMA}
+    return {"messages": camel_judge.messages(questions.get(row["id"], ""), row["prediction"], row["gold"]),
+            "json_schema": camel_judge.SCHEMA}
 
 
 def _match_request(row: dict[str, Any], questions: dict[str, str]) -> dict[str, Any]:
@@ -341,7 +334,7 @@ def _settle_verdict(row: dict[str, Any], answer: Any) -> None:
     if isinstance(answer, str):
         row["reason"] = answer
     else:
-        row["correct"] = answer.parsed["same"] == 1
+        row["correct"] = answer.parsed["score"] == 1  # fuzz_eval.py: correct only if score == 1
 
 
 def _failed_path(answer: str) -> str:

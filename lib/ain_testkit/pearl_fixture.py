@@ -2,15 +2,25 @@
 (nothing large is committed).
 
 The shape follows UBC-NLP/PEARL-FULL as the blog describes it: one row per question about an
-image, several rows per image (so `augmented_caption` repeats), categories x countries, and the
-image stored in Hugging Face's parquet encoding (a struct of `bytes` and `path`). Extra columns
-(`answer`, `question_type`) are there so the metadata pass has something to skip.
+image, several rows per image (so `augmented_caption` repeats), categories x countries. The
+columns are UBC-NLP/PEARL's, with its types (its hub card: original_index int64, augmented_caption,
+question, answer, answer_letter, choices list<string>, category, country, image_id, question_type,
+annotation_id int64, qa_index int64, image), so the metadata pass has real columns to skip.
+
+Two layouts:
+- parquet (`write_pearl_fixture`): PEARL's hub export, the image in Hugging Face's parquet encoding
+  (a struct of `bytes` and `path`);
+- JSON (`write_pearl_full_json_fixture`): PEARL-FULL as distributed (Google Drive zips, unzipped):
+  `pearl_part_XX.json` files of records without the image, and `images_part_X/` folders of image
+  files named `<image_id>.png`. PEARL-FULL's JSON field names are not published; the fixture uses
+  PEARL's column names (the record names its image by `image_id`).
 
 Images are 32x32 PNGs whose colour encodes the category and whose stripe pattern encodes the
 country, with per-image noise: a tiny model can learn to retrieve them from the query text, so
 the smoke run's NDCG@10 moves when training works.
 
-`python -m ain_testkit.pearl_fixture OUT_DIR` writes the fixture (two parquet shards) into OUT_DIR.
+`python -m ain_testkit.pearl_fixture OUT_DIR [json]` writes the fixture (two parquet shards, or the JSON
+layout) into OUT_DIR.
 """
 
 from __future__ import annotations
@@ -33,6 +43,10 @@ QUESTION_TEMPLATES = ["ما هو عنصر {cat} الظاهر في الصورة �
                       "ماذا يمثل هذا المثال من {cat} في {country}؟",
                       "كيف يعكس {cat} في الصورة ثقافة {country}؟"]
 IMAGE_COLUMNS = ("image",)
+QUESTION_TYPES = ["multiple_choice", "true_false", "open_ended"]
+# UBC-NLP/PEARL's columns in its order (hub card features), with their parquet types
+PEARL_COLUMNS = ("original_index", "augmented_caption", "question", "answer", "answer_letter", "choices", "category",
+                 "country", "image_id", "question_type", "annotation_id", "qa_index", "image")
 
 
 def query_text(category: str, country: str, k: int, j: int = 0) -> str:
@@ -69,20 +83,38 @@ def make_image(category: str, country: str, j: int, size: int = 32) -> bytes:
 
 
 def fixture_rows(seed: int = 0) -> list[dict]:
-    """Rows of the fixture in file order (shuffled with `seed`, as a real dump is not sorted)."""
+    """Rows of the fixture in file order (shuffled with `seed`, as a real dump is not sorted), with
+    UBC-NLP/PEARL's columns."""
     rows = []
+    annotation = 0
     for category in CATEGORIES:
         for country in COUNTRIES:
             for j in range(images_per_cell(category)):
                 caption = f"{category} of {country}, picture {j}: a culturally grounded scene."
-                image = {"bytes": make_image(category, country, j), "path": f"{category}_{country}_{j}.png"}
+                iid = f"pearl_{CATEGORIES.index(category):02d}{COUNTRIES.index(country):02d}{j:02d}"
+                image = {"bytes": make_image(category, country, j), "path": f"{iid}.png"}
                 # 2-3 questions about the same image: the duplicate captions dedup must collapse.
                 for k in range(2 + (j + CATEGORIES.index(category)) % 2):
-                    rows.append({"question": query_text(category, country, k, j), "answer": f"answer {k}",
-                                 "question_type": "open", "category": category, "country": country,
-                                 "augmented_caption": caption, "image": image})
+                    qtype = QUESTION_TYPES[k % len(QUESTION_TYPES)]
+                    choices = {"multiple_choice": [f"choice {c}" for c in "ABCD"], "true_false": ["True", "False"],
+                               "open_ended": []}[qtype]
+                    rows.append({"original_index": len(rows), "augmented_caption": caption,
+                                 "question": query_text(category, country, k, j), "answer": f"answer {k}",
+                                 "answer_letter": "A" if choices else "", "choices": choices, "category": category,
+                                 "country": country, "image_id": iid, "question_type": qtype,
+                                 "annotation_id": annotation, "qa_index": k, "image": image})
+                annotation += 1
     random.Random(seed).shuffle(rows)
     return rows
+
+
+def pearl_schema():
+    """UBC-NLP/PEARL's parquet schema (the image in Hugging Face's encoding)."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    types = {"original_index": pa.int64(), "choices": pa.list_(pa.string()), "annotation_id": pa.int64(),
+             "qa_index": pa.int64(), "image": pa.struct([("bytes", pa.binary()), ("path", pa.string())])}
+    return pa.schema([(c, types.get(c, pa.string())) for c in PEARL_COLUMNS])
 
 
 def write_pearl_fixture(out_dir: str | Path, seed: int = 0, num_shards: int = 2, row_group_size: int = 16) -> Path:
@@ -94,9 +126,7 @@ def write_pearl_fixture(out_dir: str | Path, seed: int = 0, num_shards: int = 2,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = fixture_rows(seed)
-    schema = pa.schema([("question", pa.string()), ("answer", pa.string()), ("question_type", pa.string()),
-                        ("category", pa.string()), ("country", pa.string()), ("augmented_caption", pa.string()),
-                        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())]))])
+    schema = pearl_schema()
     per = (len(rows) + num_shards - 1) // num_shards
     for s in range(num_shards):
         chunk = rows[s * per:(s + 1) * per]
@@ -105,11 +135,42 @@ def write_pearl_fixture(out_dir: str | Path, seed: int = 0, num_shards: int = 2,
         tmp = final.with_name(final.name + ".tmp")
         pq.write_table(table, tmp, row_group_size=row_group_size)
         os.replace(tmp, final)
-    counts = {"rows": len(rows), "unique_images": len({r["augmented_caption"] for r in rows}),
-              "categories": {c: sum(r["category"] == c for r in rows) for c in CATEGORIES}}
-    (out / "fixture.json").write_text(json.dumps(counts, indent=1) + "\n")
+    (out / "fixture.json").write_text(json.dumps(_counts(rows), indent=1) + "\n")
+    return out
+
+
+def _counts(rows: list[dict]) -> dict:
+    return {"rows": len(rows), "unique_images": len({r["augmented_caption"] for r in rows}),
+            "categories": {c: sum(r["category"] == c for r in rows) for c in CATEGORIES}}
+
+
+def write_pearl_full_json_fixture(out_dir: str | Path, seed: int = 0, num_parts: int = 2,
+                                  num_image_parts: int = 2) -> Path:
+    """Write the fixture in PEARL-FULL's distributed layout, as unzipped into `out_dir`:
+    `pearl_part_00.json` .. (JSON arrays of records: PEARL's columns without `image`) and
+    `images_part_1/` .. (each image once, `<image_id>.png`, dealt over the folders), plus
+    `fixture.json` of its counts (not a part file); return `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = fixture_rows(seed)
+    written: set[str] = set()
+    for r in rows:
+        if r["image_id"] not in written:
+            folder = out / f"images_part_{len(written) % num_image_parts + 1}"
+            folder.mkdir(exist_ok=True)
+            (folder / r["image"]["path"]).write_bytes(r["image"]["bytes"])
+            written.add(r["image_id"])
+    per = (len(rows) + num_parts - 1) // num_parts
+    for part in range(num_parts):
+        records = [{k: v for k, v in r.items() if k != "image"} for r in rows[part * per:(part + 1) * per]]
+        final = out / f"pearl_part_{part:02d}.json"
+        tmp = final.with_name(final.name + ".tmp")
+        tmp.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(tmp, final)
+    (out / "fixture.json").write_text(json.dumps(_counts(rows), indent=1) + "\n")
     return out
 
 
 if __name__ == "__main__":
-    print(write_pearl_fixture(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/pearl"))
+    target = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/pearl"
+    print(write_pearl_full_json_fixture(target) if sys.argv[2:] == ["json"] else write_pearl_fixture(target))

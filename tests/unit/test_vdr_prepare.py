@@ -215,3 +215,57 @@ def test_hub_source_reads_through_a_remote_filesystem(pearl, tmp_path, monkeypat
     assert files == [f"datasets/UBC-NLP/PEARL-FULL/data/{p.name}" for p in sorted(pearl.glob("*.parquet"))]
     stats = prep.prepare(cfg, tmp_path, seed=0)
     assert stats["splits"]["dev"] == 3 and stats["counts"]["source_rows"] == len(fixture_rows())
+
+
+def test_sample_is_stratified_by_category_and_country(prepared, pearl):
+    """The sample's count in every (category, country) is allocate_strata's hand-checkable quota:
+    categories within one of their share, countries within one of their share of the category."""
+    _, stats, _, _ = prepared
+    rows = _meta(pearl)
+    usable = Counter({(r.query, r.caption): (r.category, r.country) for r in rows}.values())  # distinct queries
+    want = prep.allocate_strata(120, dict(usable))
+    got = {tuple(k.split(" / ")): v["sampled"] for k, v in stats["strata"].items()}
+    assert got == {k: v for k, v in want.items() if v}
+    for v in stats["strata"].values():                       # a split's queries come from the sample's stratum
+        assert v["train"] + v["dev"] + v["test"] <= v["sampled"]
+    assert sum(v["dev"] for v in stats["strata"].values()) == sum(v["test"] for v in stats["strata"].values()) == 12
+    # negative_3 comes from the whole corpus: dev uses more images than its own pool, and still shares
+    # none with the other splits (test_splits_have_exact_sizes_stratified_and_share_no_image)
+    assert stats["images_used"]["dev"] > stats["pool_images"]["dev"]
+
+
+def test_json_layout_gives_the_same_dataset_as_parquet(prepared, tmp_path):
+    """PEARL-FULL as distributed (JSON part files + image folders) prepares to exactly the dataset the
+    parquet export gives: same queries, splits, negatives and image pixels."""
+    from datasets import load_from_disk
+
+    from ain_testkit.pearl_fixture import write_pearl_full_json_fixture
+
+    cfg, stats, dd, _ = prepared
+    src = write_pearl_full_json_fixture(tmp_path / "pearl_full")
+    jcfg = VdrPrepareConfig(source=str(src), num_queries=cfg.num_queries, dev_queries=cfg.dev_queries,
+                            test_queries=cfg.test_queries)
+    assert prep.source_format(jcfg) == "json"
+    jstats = prep.prepare(jcfg, tmp_path / "out", seed=0)
+    assert jstats["splits"] == stats["splits"] and jstats["counts"]["image_files_read"] == stats["counts"][
+        "images_fetched"]
+    jd = load_from_disk(str(tmp_path / "out" / prep.DATASET_DIR))
+    for split in prep.SPLITS:
+        assert jd[split]["query"] == dd[split]["query"]
+        assert [m["negative_ids"] for m in jd[split]["metadata"]] == [m["negative_ids"] for m in dd[split]["metadata"]]
+        for col in ("image", "negative_3"):
+            assert [hashlib.sha256(i.tobytes()).hexdigest() for i in jd[split][col]] == [
+                hashlib.sha256(i.tobytes()).hexdigest() for i in dd[split][col]]
+
+
+def test_json_layout_missing_image_file_is_named(tmp_path):
+    from ain_testkit.pearl_fixture import write_pearl_full_json_fixture
+
+    src = write_pearl_full_json_fixture(tmp_path / "pearl_full")
+    victim = sorted(src.glob("images_part_*/*.png"))[0]
+    victim.unlink()
+    cfg = VdrPrepareConfig(source=str(src), num_queries=120, dev_queries=12, test_queries=12)
+    with pytest.raises(ValueError, match=rf"pearl_part_0\d\.json: record \d+: image file '{victim.stem}' not found "
+                                         rf"under {src}"):
+        prep.prepare(cfg, tmp_path / "out")
+    assert not (tmp_path / "out" / prep.DATASET_DIR).exists()

@@ -52,6 +52,10 @@ def test_stop_flag_saves_then_resume_finishes(setup):
 
     st = SentenceTransformer(str(out / train.FINAL_DIR), device="cpu")
     assert st.encode_query(["سؤال"]).shape == (1, 64)
+    # Tom Aarsen's processor bounds (28*28 .. 600*600 pixels) reached the processor and are saved with it
+    saved = json.loads((out / train.FINAL_DIR / "processor_config.json").read_text())["image_processor"]["size"]
+    assert saved == {"shortest_edge": 784, "longest_edge": 360000}
+    assert (second["global_batch"], second["per_device_batch"], second["world_size"]) == (8, 8, 1)
     # a finished run asked again answers from its result, without training
     assert train.train_embedder(_cfg(model), data, out)["steps"] == 6
 
@@ -71,6 +75,9 @@ def test_truncating_evaluator_equals_truncate_dim_and_report(setup, tmp_path):
     res = evaluate.evaluate_model(str(model), data, ["dev"], [64, 32, 16], batch_size=16)
     q, c, rel = evaluate.retrieval_split(load_from_disk(str(data))["dev"])
     assert len(q) == 8 and all(len(v) == 1 and next(iter(v)) in c for v in rel.values())
+    # the blog's corpus: 1 positive + 4 negatives per query, by position (its dev: 999 x 4,995)
+    assert res["sizes"]["dev"] == {"queries": 8, "corpus": 40} and res["corpus"] == "positional"
+    assert rel == {i: {i} for i in range(8)}
     plain = InformationRetrievalEvaluator(q, c, rel, name="x", truncate_dim=16, ndcg_at_k=[10], mrr_at_k=[10],
                                           show_progress_bar=False)(SentenceTransformer(str(model), device="cpu"))
     assert res["splits"]["dev"]["16"]["ndcg@10"] == pytest.approx(plain["x_cosine_ndcg@10"], abs=1e-6)
@@ -92,6 +99,22 @@ def test_truncating_evaluator_equals_truncate_dim_and_report(setup, tmp_path):
     assert "| 1 | strong | 1B | 0.5000 | 0.1200 |" in md and "Qwen3-VL-Embedding-8B | 8B | 0.0657" in md
     assert "| 3 | gated (not loaded: 401 gated) | 8B | — | 0.0657 |" in md
     assert (tmp_path / "report" / "vdr_matryoshka.png").stat().st_size > 1000
+
+
+def test_loss_gathers_across_devices_only_with_several_ranks(setup):
+    """With 2 ranks each device holds 64 / 2 rows, and the loss gathers the other rank's embeddings so
+    every query still meets the global batch's negatives; one rank has nothing to gather."""
+    from sentence_transformers import SentenceTransformer
+
+    model, _, _ = setup
+    st = SentenceTransformer(str(model), device="cpu")
+    for loss_name in ("cached_mnrl", "mnrl"):
+        cfg = _cfg(model, loss=loss_name)
+        assert train.build_loss(st, cfg, world_size=2).loss.gather_across_devices
+        assert not train.build_loss(st, cfg, world_size=1).loss.gather_across_devices
+        assert not train.build_loss(st, _cfg(model, loss=loss_name, gather_across_devices=False),
+                                    world_size=2).loss.gather_across_devices
+    assert train.build_loss(st, _cfg(model), world_size=2).loss.mini_batch_size == 4
 
 
 def test_unloadable_model_is_a_clear_load_error(tmp_path, setup):

@@ -25,28 +25,44 @@ class VdrPrepareConfig:
     """PEARL -> (query, image, 4 hard negatives) dataset with stratified splits."""
 
     source: str = "UBC-NLP/PEARL-FULL"
-    """Hub dataset id, or a local parquet file or directory of parquet files (PEARL-FULL's columns)."""
+    """Where PEARL is: a local directory of PEARL-FULL's unzipped JSON part files and image folders
+    (source_format json: the layout PEARL-FULL is distributed in, Google Drive zips, not parquet), a
+    local parquet file or directory (PEARL's hub export: UBC-NLP/PEARL columns), or a hub dataset id
+    whose repository holds parquet files."""
     source_format: str = "auto"
-    """auto (a local path if it exists, else hub), hub or parquet."""
+    """auto (a local directory with parquet files: parquet; else one with files matching json_glob:
+    json; a name that is not a local path: hub), json, parquet or hub."""
     hub_glob: str = "**/*.parquet"
     """Hub sources: the parquet files to read, relative to the dataset repository."""
+    json_glob: str = "**/pearl_part_*.json*"
+    """JSON sources: the part files to read under `source` (PEARL-FULL's pearl_part_XX.zip, unzipped;
+    each a JSON array of records, an object holding one such array or one record per key, or JSON lines)."""
+    image_file_column: str = "image_id"
+    """JSON sources: the record field naming the record's image file: a path relative to `source`, a
+    file name found under it (the unzipped images_part_X folders), or a file name without its extension.
+    PEARL-FULL's JSON field names are not published: set this to what the part files use."""
     query_column: str = "question"
     """Column holding the Arabic question (the query)."""
     image_column: str = "image"
-    """Column holding the image (Hugging Face parquet encoding: struct of bytes and path, or bytes).
-    Read only in the second pass, only for row groups holding an image that is used."""
+    """Parquet sources: the column holding the image (Hugging Face parquet encoding: struct of bytes and
+    path, or bytes). Read only in the second pass, only for row groups holding an image that is used."""
     category_column: str = "category"
-    """Column holding the category (Architecture, Clothes, ...): the stratification key."""
+    """Column holding the category (Architecture, Clothes, ...): a stratification key."""
     country_column: str = "country"
-    """Column holding the country (the same-country negative rule)."""
+    """Column holding the country: a stratification key and the same-country negative rule."""
     caption_column: str = "augmented_caption"
     """Column identifying an image: rows with the same caption show the same image (deduplication)."""
     num_queries: int = 50000
-    """Queries sampled, stratified by category (blog: 50,000)."""
+    """Queries sampled, stratified by category and, within each category, by country (blog: 50,000,
+    "stratified by category (so every topic and country is represented)")."""
     dev_queries: int = 999
     """Dev split size (blog: 999 of 50,000); the train split gets the rest."""
     test_queries: int = 999
     """Test split size (blog: 999 of 50,000)."""
+    random_negative_from: str = "corpus"
+    """Where negative_3 (the random rule) is drawn from: corpus (blog: "random from the full corpus": every
+    unique image of the source, except the positive and any image another split uses, so no image is in
+    two splits) or pool (the split's own share of the images, like the other rules)."""
     bad_rows: str = "error"
     """A row with an empty query, category, country or caption: error (ValueError naming file and row)
     or skip (counted in the dataset card)."""
@@ -62,10 +78,13 @@ class VdrPrepareConfig:
         self.source = _absolute_if_local(self.source)
 
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
-        need(self.source_format in ("auto", "hub", "parquet"), "vdr_prepare.source_format", "auto, hub or parquet")
-        need(bool(self.source), "vdr_prepare.source", "empty: name a hub dataset id or a parquet path")
-        if check_paths and self.source_format == "parquet":
+        need(self.source_format in ("auto", "json", "parquet", "hub"), "vdr_prepare.source_format",
+             "auto, json, parquet or hub")
+        need(bool(self.source), "vdr_prepare.source",
+             "empty: name a local PEARL-FULL directory (JSON parts + images), a parquet path or a hub dataset id")
+        if check_paths and self.source_format in ("json", "parquet"):
             need(os.path.exists(self.source), "vdr_prepare.source", f"{self.source!r} does not exist")
+        need(self.random_negative_from in ("corpus", "pool"), "vdr_prepare.random_negative_from", "corpus or pool")
         need(self.bad_rows in ("error", "skip"), "vdr_prepare.bad_rows", "error or skip")
         need(self.fetch_threads >= 1, "vdr_prepare.fetch_threads", "must be >= 1")
         need(self.num_queries >= 3, "vdr_prepare.num_queries", "must be >= 3")
@@ -73,8 +92,10 @@ class VdrPrepareConfig:
              "dev_queries and test_queries must be >= 1")
         need(self.dev_queries + self.test_queries < self.num_queries, "vdr_prepare.num_queries",
              f"{self.num_queries} leaves no training queries after dev {self.dev_queries} + test {self.test_queries}")
-        cols = [self.query_column, self.image_column, self.category_column, self.country_column, self.caption_column]
-        need(len(set(cols)) == len(cols), "vdr_prepare.*_column", f"columns must be distinct: {cols}")
+        cols = [self.query_column, self.category_column, self.country_column, self.caption_column]
+        for image_col in (self.image_column, self.image_file_column):
+            need(len(set(cols + [image_col])) == len(cols) + 1, "vdr_prepare.*_column",
+                 f"columns must be distinct: {cols + [image_col]}")
 
 
 @dataclass
@@ -98,18 +119,35 @@ class HardNegativeMiningConfig:
 
 @dataclass
 class VdrTrainConfig:
-    """sentence-transformers fine-tune with CachedMNRL inside MatryoshkaLoss, one node of GPUs."""
+    """sentence-transformers fine-tune with CachedMNRL inside MatryoshkaLoss: one GPU as in the blog, or
+    the GPUs of one node with the same global batch (embeddings gathered across devices)."""
 
     model: str = "Qwen/Qwen3-VL-Embedding-2B"
     """Base model: hub id or local sentence-transformers directory."""
     loss: str = "cached_mnrl"
     """cached_mnrl (CachedMultipleNegativesRankingLoss, the blog) or mnrl (plain, for comparisons)."""
     mini_batch_size: int = 2
-    """CachedMNRL mini-batch: memory grows with this, not with batch_size (blog: 2)."""
+    """CachedMNRL mini-batch: memory grows with this, not with batch_size (the Arabic blog: 2 on a 32 GB
+    card; Tom Aarsen's script: 1)."""
     matryoshka_dims: list[int] = field(default_factory=lambda: list(BLOG_DIMS))
     """MatryoshkaLoss dimensions, largest first (blog: 2048 .. 64); each must be <= the model's width."""
     batch_size: int = 64
-    """Per-device train batch size (blog: 64): the in-batch negatives of one GPU."""
+    """Global train batch size (blog: 64 on one GPU): the in-batch negatives of every query. With
+    tasks_per_node ranks each device gets batch_size / tasks_per_node rows (must divide evenly)."""
+    gather_across_devices: bool = True
+    """With several ranks, gather every rank's embeddings before the loss (sentence-transformers'
+    gather_across_devices), so each query still sees the whole global batch as negatives, as on the
+    blog's one GPU. false: each rank's in-batch negatives are only its own batch_size / ranks rows."""
+    train_negatives: int = 4
+    """Hard-negative columns fed to the loss (negative_0 .. negative_{n-1}), 0 to 4. 4: every mined
+    negative (the Arabic blog's dataset has 4 and its v3 replaced "the 4 metadata-based negatives");
+    Tom Aarsen's script trains with 1 (negative_0) for memory."""
+    min_pixels: Optional[int] = 28 * 28
+    """Image processor lower bound on pixels per image (Tom Aarsen's script: 28*28); null: the model's own.
+    Passed as processor_kwargs when loading the model, and saved with the fine-tune."""
+    max_pixels: Optional[int] = 600 * 600
+    """Image processor upper bound on pixels per image (Tom Aarsen's script: 600*600; larger images are
+    downscaled); null: the model's own."""
     lr: float = 2.0e-5
     """Peak learning rate (blog: 2e-5; 1e-5 for continued training)."""
     warmup_ratio: float = 0.1
@@ -146,8 +184,18 @@ class VdrTrainConfig:
     """Optional self-mined hard negatives with a false-negative guard."""
     num_tasks: ClassVar[int] = 1  # not a setting: one data-parallel job (tasks_per_node ranks, one per GPU)
     resources: Resources = field(default_factory=lambda: Resources(
-        nodes=1, tasks_per_node=4, cpus_per_task=8, gpus_per_node=4, mem_gb=0, time_min=1440))
-    """What each task asks Slurm for."""
+        nodes=1, tasks_per_node=1, cpus_per_task=8, gpus_per_node=1, mem_gb=0, time_min=1440))
+    """What each task asks Slurm for (blog: one GPU; raise tasks_per_node = gpus_per_node for data
+    parallel on one node: the global batch stays batch_size)."""
+
+    def per_device_batch_size(self, world_size: int) -> int:
+        """Rows per device for the global `batch_size` over `world_size` ranks (ValueError if uneven)."""
+        return per_device_batch_size(self.batch_size, world_size)
+
+    def processor_kwargs(self) -> dict[str, int]:
+        """What the model's processor is given (only the bounds that are set)."""
+        return {k: v for k, v in (("min_pixels", self.min_pixels), ("max_pixels", self.max_pixels))
+                if v is not None}
 
     def resolve(self, cfg: "RunConfig") -> None:
         self.model = _absolute_if_local(self.model)
@@ -164,6 +212,14 @@ class VdrTrainConfig:
              "vdr_train.batch_sampler", "no_duplicates, no_duplicates_hashed or batch_sampler")
         need(self.mini_batch_size >= 1, "vdr_train.mini_batch_size", "must be >= 1")
         need(self.batch_size >= 2, "vdr_train.batch_size", "must be >= 2 (in-batch negatives)")
+        ranks = r.nodes * r.tasks_per_node
+        need(ranks >= 1 and self.batch_size % ranks == 0, "vdr_train.batch_size",
+             f"the global batch {self.batch_size} must divide evenly over {ranks} ranks "
+             f"(vdr_train.resources.tasks_per_node): use a multiple of {ranks}")
+        need(0 <= self.train_negatives <= 4, "vdr_train.train_negatives", "0 to 4 (negative_0 .. negative_3)")
+        need(self.min_pixels is None or self.min_pixels >= 1, "vdr_train.min_pixels", "must be >= 1 or null")
+        need(self.max_pixels is None or self.max_pixels >= (self.min_pixels or 1), "vdr_train.max_pixels",
+             "must be >= min_pixels, or null")
         need(bool(self.matryoshka_dims) and all(d >= 1 for d in self.matryoshka_dims)
              and self.matryoshka_dims == sorted(self.matryoshka_dims, reverse=True)
              and len(set(self.matryoshka_dims)) == len(self.matryoshka_dims),
@@ -197,20 +253,29 @@ class LeaderboardModel:
     blog_test_ndcg10: Optional[float] = None
     """The blog's test NDCG@10 (published for the fine-tune only)."""
     trust_remote_code: bool = False
-    """Allow the model repository's own code (some hub embedders need it); off unless you trust it."""
+    """Allow the model repository's own code (the blog's leaderboard: on for the models whose card loads
+    them with trust_remote_code=True, see docs/VDR.md); off unless you trust it."""
+    processor_kwargs: dict[str, int] = field(default_factory=dict)
+    """Passed to the model's processor when loading (e.g. {min_pixels: 784, max_pixels: 360000} for a
+    Qwen-VL processor); empty: the model's own settings. The fine-tune carries vdr_train's bounds in its
+    saved processor config."""
 
 
 def blog_leaderboard() -> list[LeaderboardModel]:
-    """The blog's table (section 4): the base models it names and its fine-tune."""
+    """The blog's table (section 4): the base models it names and its fine-tune. trust_remote_code as each
+    model card's sentence-transformers / transformers usage needs it (sources in docs/VDR.md)."""
     return [
         LeaderboardModel("Ours: fine-tuned Qwen3-VL-Embedding-2B", FINETUNED, "2.2B", 0.1238, 0.1309),
         LeaderboardModel("Qwen3-VL-Embedding-8B", "Qwen/Qwen3-VL-Embedding-8B", "8B", 0.0657),
         LeaderboardModel("tomaarsen/Qwen3-VL-Embedding-2B-vdr", "tomaarsen/Qwen3-VL-Embedding-2B-vdr", "2.2B", 0.0534),
         LeaderboardModel("Qwen3-VL-Embedding-2B (base)", "Qwen/Qwen3-VL-Embedding-2B", "2.2B", 0.0407),
-        LeaderboardModel("nvidia/llama-nemotron-embed-vl-1b-v2", "nvidia/llama-nemotron-embed-vl-1b-v2", "1B", 0.0376),
-        LeaderboardModel("llamaindex/vdr-2b-multi-v1", "llamaindex/vdr-2b-multi-v1", "2.2B", 0.0347),
-        LeaderboardModel("BidirLM/BidirLM-Omni-2.5B-Embedding", "BidirLM/BidirLM-Omni-2.5B-Embedding", "2.5B", 0.0318),
-        LeaderboardModel("BAAI/BGE-VL-large", "BAAI/BGE-VL-large", "0.5B", 0.0026),
+        LeaderboardModel("nvidia/llama-nemotron-embed-vl-1b-v2", "nvidia/llama-nemotron-embed-vl-1b-v2", "1B", 0.0376,
+                         trust_remote_code=True),
+        LeaderboardModel("llamaindex/vdr-2b-multi-v1", "llamaindex/vdr-2b-multi-v1", "2.2B", 0.0347,
+                         trust_remote_code=True),
+        LeaderboardModel("BidirLM/BidirLM-Omni-2.5B-Embedding", "BidirLM/BidirLM-Omni-2.5B-Embedding", "2.5B", 0.0318,
+                         trust_remote_code=True),
+        LeaderboardModel("BAAI/BGE-VL-large", "BAAI/BGE-VL-large", "0.5B", 0.0026, trust_remote_code=True),
     ]
 
 
@@ -222,6 +287,11 @@ class VdrEvalConfig:
     """Models to compare; task i evaluates models[i]."""
     splits: list[str] = field(default_factory=lambda: ["dev", "test"])
     """Splits evaluated (queries x their positives and hard negatives as the corpus)."""
+    corpus: str = "positional"
+    """How a split's corpus is built. positional (the blog and Tom Aarsen's script): one document per
+    position, the N positives then negative_0 .. negative_3 of every row, 5 x N documents (dev: 999 x
+    4,995), only the query's own positive relevant, an image that appears twice is two documents.
+    dedup: every distinct image once (by image id); fewer documents, not comparable to the blog."""
     batch_size: int = 8
     """Encoding batch size."""
     matryoshka_dims: list[int] = field(default_factory=list)
@@ -261,6 +331,7 @@ class VdrEvalConfig:
         need(bool(self.splits) and not bad, "vdr_eval.splits", f"train, dev or test; got {self.splits}")
         need(self.batch_size >= 1, "vdr_eval.batch_size", "must be >= 1")
         need(self.load_errors in ("record", "fail"), "vdr_eval.load_errors", "record or fail")
+        need(self.corpus in ("positional", "dedup"), "vdr_eval.corpus", "positional or dedup")
         if any(m.path == FINETUNED for m in self.models) and "vdr_eval" in cfg.stages:
             need("vdr_train" in cfg.stages or os.path.isdir(cfg.run_dir / "stages" / "vdr_train" / "done"),
                  "vdr_eval.models", f"{FINETUNED} needs the vdr_train stage in this run")
@@ -279,6 +350,13 @@ class VdrReportConfig:
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         need(self.split in cfg.vdr_eval.splits, "vdr_report.split",
              f"must be one of vdr_eval.splits {cfg.vdr_eval.splits}")
+
+
+def per_device_batch_size(global_batch: int, world_size: int) -> int:
+    """`global_batch` rows split evenly over `world_size` ranks: 64 over 2 -> 32; 64 over 3 is an error."""
+    if world_size < 1 or global_batch % world_size:
+        raise ValueError(f"vdr_train.batch_size={global_batch} does not divide evenly over {world_size} ranks")
+    return global_batch // world_size
 
 
 def _hub_id_or_dir(name: str) -> bool:

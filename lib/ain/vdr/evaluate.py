@@ -1,10 +1,14 @@
 """The `vdr_eval` stage: one array task per leaderboard model.
 
 Task i loads `vdr_eval.models[i]` ("@vdr_train" is this run's fine-tune) and runs sentence-
-transformers' InformationRetrievalEvaluator on each split: the split's queries against a corpus of
-every image its queries use (positives and their hard negatives; the blog's dev: 999 queries x
-4,995 documents), binary relevance (one positive per query). Metrics: NDCG@10, MRR@10,
-Recall@1/5/10, Accuracy@1/5/10, MAP@100, at every Matryoshka dimension the model's width allows.
+transformers' InformationRetrievalEvaluator on each split: the split's N queries against the
+corpus Tom Aarsen's training_visual_document_retrieval.py builds and the blog reports (dev: 999
+queries x 4,995 documents): documents are positions, 0..N-1 the rows' positives, then N..2N-1 their
+negative_0, and so on to negative_3, 5 x N in all; query i's only relevant document is i. An image
+that appears at two positions (one query's positive is another's negative) is two documents, and
+only the copy at the query's own position counts. `vdr_eval.corpus: dedup` instead keeps every
+distinct image once (by image id). Metrics: NDCG@10, MRR@10, Recall@1/5/10, Accuracy@1/5/10,
+MAP@100, at every Matryoshka dimension the model's width allows.
 
 Embeddings are computed once per split at full width and truncated for the smaller dimensions
 (identical to `encode(truncate_dim=d)`: the model normalises before truncation and the cosine
@@ -26,8 +30,15 @@ from ain.vdr.prepare import DATASET_DIR
 HEADLINE = ("ndcg@10", "mrr@10", "recall@1", "recall@5", "recall@10", "accuracy@1", "accuracy@10", "map@100")
 
 
-def retrieval_split(ds) -> tuple[dict[str, str], dict[str, Any], dict[str, set[str]]]:
-    """(queries, corpus, relevant docs) of one split of the prepared dataset."""
+NEGATIVE_COLUMNS = ["negative_0", "negative_1", "negative_2", "negative_3"]
+
+
+def retrieval_split(ds, corpus_mode: str = "positional") -> tuple[dict[Any, str], dict[Any, Any], dict[Any, set]]:
+    """(queries, corpus, relevant docs) of one split of the prepared dataset (see the module doc)."""
+    if corpus_mode == "positional":
+        return positional_split(ds)
+    if corpus_mode != "dedup":
+        raise ValueError(f"vdr_eval.corpus={corpus_mode!r}: positional or dedup")
     queries: dict[str, str] = {}
     corpus: dict[str, Any] = {}
     relevant: dict[str, set[str]] = {}
@@ -40,6 +51,18 @@ def retrieval_split(ds) -> tuple[dict[str, str], dict[str, Any], dict[str, set[s
         for k, nid in enumerate(meta["negative_ids"]):
             corpus.setdefault(nid, row[f"negative_{k}"])
     return queries, corpus, relevant
+
+
+def positional_split(ds) -> tuple[dict[int, str], dict[int, Any], dict[int, set[int]]]:
+    """Tom Aarsen's construction: query i -> document i (its positive); negative_k of row i is document
+    N * (k + 1) + i; 5 x N documents; relevant[i] == {i}."""
+    n = len(ds)
+    queries = {i: q for i, q in enumerate(ds["query"])}
+    corpus: dict[int, Any] = {i: img for i, img in enumerate(ds["image"])}
+    for k, col in enumerate(NEGATIVE_COLUMNS):
+        for i, img in enumerate(ds[col]):
+            corpus[n * (k + 1) + i] = img
+    return queries, corpus, {i: {i} for i in range(n)}
 
 
 def _evaluator_class():
@@ -73,7 +96,8 @@ class ModelLoadError(RuntimeError):
 
 def evaluate_model(model_path: str, dataset_dir: Path, splits: list[str], dims: list[int], batch_size: int,
                    query_prompt: str | None = None, document_prompt: str | None = None,
-                   log=None, trust_remote_code: bool = False) -> dict[str, Any]:
+                   log=None, trust_remote_code: bool = False, corpus_mode: str = "positional",
+                   processor_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """{split: {dim: {metric: value}}, "width": full dimension, "corpus": sizes}."""
     import torch  # noqa: PLC0415
     from datasets import load_from_disk  # noqa: PLC0415
@@ -83,7 +107,8 @@ def evaluate_model(model_path: str, dataset_dir: Path, splits: list[str], dims: 
     # bf16 weights on GPUs (2-8B models, inference only); fp32 on CPU, where bf16 is slow.
     try:
         model = SentenceTransformer(model_path, device="cuda" if cuda else "cpu", trust_remote_code=trust_remote_code,
-                                    model_kwargs={"dtype": torch.bfloat16 if cuda else torch.float32})
+                                    model_kwargs={"dtype": torch.bfloat16 if cuda else torch.float32},
+                                    processor_kwargs=dict(processor_kwargs or {}) or None)
     except Exception as exc:  # noqa: BLE001 (any loader failure means "could not load")
         raise ModelLoadError(f"{model_path}: cannot load as a sentence-transformers model: "
                              f"{type(exc).__name__}: {exc}") from exc
@@ -91,11 +116,11 @@ def evaluate_model(model_path: str, dataset_dir: Path, splits: list[str], dims: 
     use_dims = sorted({d for d in dims if d <= width} | {width}, reverse=True)
     data = load_from_disk(str(dataset_dir))
     evaluator_cls = _evaluator_class()
-    out: dict[str, Any] = {"width": width, "dims": use_dims, "splits": {}, "sizes": {}}
+    out: dict[str, Any] = {"width": width, "dims": use_dims, "splits": {}, "sizes": {}, "corpus": corpus_mode}
     for split in splits:
         if split not in data:
             raise ValueError(f"{dataset_dir}: no split {split!r} (has {list(data)})")
-        queries, corpus, relevant = retrieval_split(data[split])
+        queries, corpus, relevant = retrieval_split(data[split], corpus_mode)
         cache: dict = {}
         per_dim = {}
         for dim in use_dims:
@@ -138,7 +163,8 @@ def run_vdr_eval_task(ctx: TaskContext) -> dict[str, Any]:
                                 cfg.matryoshka_dims or train_cfg.matryoshka_dims, cfg.batch_size,
                                 query_prompt=train_cfg.query_prompt if prompts else None,
                                 document_prompt=train_cfg.document_prompt if prompts else None, log=ctx.log,
-                                trust_remote_code=entry.trust_remote_code)
+                                trust_remote_code=entry.trust_remote_code, corpus_mode=cfg.corpus,
+                                processor_kwargs=entry.processor_kwargs)
     except ModelLoadError as exc:
         if cfg.load_errors == "fail" or entry.path == FINETUNED:  # our own model must load
             raise

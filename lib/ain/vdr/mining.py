@@ -102,7 +102,9 @@ def ensure_mined_negatives(cfg: VdrTrainConfig, dataset_dir: Path, out_dir: Path
     from datasets import load_from_disk  # noqa: PLC0415
     from sentence_transformers import SentenceTransformer  # noqa: PLC0415
 
-    model = SentenceTransformer(cfg.mining.model or cfg.model)
+    # the model being fine-tuned sees images as training will (vdr_train.min_pixels / max_pixels)
+    model = SentenceTransformer(cfg.mining.model or cfg.model,
+                                processor_kwargs=None if cfg.mining.model else cfg.processor_kwargs() or None)
     result = mine(model, load_from_disk(str(dataset_dir))["train"], cfg.mining.margin, cfg.mining.exclude_same_caption,
                   cfg.mining.batch_size, cfg.query_prompt, cfg.document_prompt)
     atomic_write_json(path, result)

@@ -1,12 +1,15 @@
 """The `vdr_train` stage: sentence-transformers fine-tune of a multimodal embedder (the blog's recipe).
 
 CachedMultipleNegativesRankingLoss (gradient caching: memory set by `mini_batch_size`, not by the
-batch) inside MatryoshkaLoss, NO_DUPLICATES batches of (query, image, negative_0..3), bf16
-autocast over fp32 weights, gradient checkpointing, save_total_limit checkpoints.
+batch) inside MatryoshkaLoss, NO_DUPLICATES batches of (query, image, negative_0..n-1), bf16
+autocast over fp32 weights, gradient checkpointing, save_total_limit checkpoints; the model's image
+processor bounded by `min_pixels` / `max_pixels` (Tom Aarsen's script: 28*28 .. 600*600).
 
-One job on one node: submitit starts `tasks_per_node` processes (one per GPU), each exports the
-torch distributed variables from Slurm, and the Hugging Face Trainer under them runs DDP (NCCL
-on GPUs, gloo on CPU), as torchrun would. Preemption mirrors `ain.train.stage`: each rank's USR2
+One job on one node: submitit starts `tasks_per_node` processes (one per GPU; the blog used one), each
+exports the torch distributed variables from Slurm, and the Hugging Face Trainer under them runs DDP
+(NCCL on GPUs, gloo on CPU), as torchrun would. `batch_size` is the global batch: each rank gets
+batch_size / world_size rows and, with `gather_across_devices`, the loss gathers every rank's
+embeddings so each query is scored against the whole global batch, as on the blog's single GPU. Preemption mirrors `ain.train.stage`: each rank's USR2
 handler only sets a flag; at the next optimizer step the ranks agree on it (an all-reduce, since
 USR2 reaches the ranks at slightly different steps), the Trainer saves a checkpoint on all ranks
 and stops; rank 0 requeues the job; the requeued job resumes with `resume_from_checkpoint` from
@@ -34,6 +37,10 @@ FINAL_DIR = "final"
 RESULT_FILE = "train_result.json"
 
 
+def input_columns(cfg: VdrTrainConfig) -> list[str]:
+    """The columns the loss sees: query, positive, then `train_negatives` hard negatives."""
+    return INPUT_COLUMNS[:2 + cfg.train_negatives]
+
 
 def last_checkpoint(ckpt_dir: Path) -> Path | None:
     """The newest `checkpoint-N` whose save finished (trainer_state.json is written last)."""
@@ -44,7 +51,7 @@ def last_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def build_loss(model, cfg: VdrTrainConfig):
+def build_loss(model, cfg: VdrTrainConfig, world_size: int = 1):
     from sentence_transformers.sentence_transformer.losses import (  # noqa: PLC0415
         CachedMultipleNegativesRankingLoss,
         MatryoshkaLoss,
@@ -55,8 +62,9 @@ def build_loss(model, cfg: VdrTrainConfig):
     too_wide = [d for d in cfg.matryoshka_dims if d > width]
     if too_wide:
         raise ValueError(f"vdr_train.matryoshka_dims {too_wide} exceed the model's embedding width {width}")
-    base = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size)
-            if cfg.loss == "cached_mnrl" else MultipleNegativesRankingLoss(model))
+    gather = cfg.gather_across_devices and world_size > 1  # the global batch's negatives on every rank
+    base = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size, gather_across_devices=gather)
+            if cfg.loss == "cached_mnrl" else MultipleNegativesRankingLoss(model, gather_across_devices=gather))
     return MatryoshkaLoss(model, base, matryoshka_dims=list(cfg.matryoshka_dims))
 
 
@@ -66,7 +74,7 @@ def prompts(cfg: VdrTrainConfig) -> dict[str, str] | None:
     if cfg.query_prompt:
         out["query"] = cfg.query_prompt
     if cfg.document_prompt:
-        out.update({c: cfg.document_prompt for c in INPUT_COLUMNS[1:]})
+        out.update({c: cfg.document_prompt for c in input_columns(cfg)[1:]})
     return out or None
 
 
@@ -95,6 +103,20 @@ def _stop_callback(stop_flag: Callable[[], bool]):
     return StopOnFlag()
 
 
+def training_arguments(cfg: VdrTrainConfig, ckpt_dir: Path, world_size: int, cuda: bool, seed: int = 0) -> dict:
+    """SentenceTransformerTrainingArguments keyword arguments (without the sampler enum)."""
+    return dict(
+        output_dir=str(ckpt_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_batch_size(world_size), learning_rate=cfg.lr,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio (warmup_ratio is deprecated)
+        weight_decay=cfg.weight_decay, bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps, seed=seed, data_seed=seed, dataloader_num_workers=cfg.dataloader_workers,
+        dataloader_drop_last=world_size > 1,  # an uneven last batch hangs DDP (and all_gather needs equal shapes)
+        report_to="none", use_cpu=not cuda, ddp_backend="gloo" if world_size > 1 and not cuda else None,
+        prompts=prompts(cfg), disable_tqdm=True)
+
+
 def train_embedder(cfg: VdrTrainConfig, dataset_dir: Path, out_dir: Path, seed: int = 0,
           stop_flag: Callable[[], bool] = lambda: False, log=None, rank: int = 0,
           mined_negatives: Path | None = None) -> dict[str, Any]:
@@ -116,24 +138,17 @@ def train_embedder(cfg: VdrTrainConfig, dataset_dir: Path, out_dir: Path, seed: 
         from ain.vdr.mining import apply_mined_negatives  # noqa: PLC0415
 
         train_ds = apply_mined_negatives(train_ds, mined_negatives)
-    train_ds = train_ds.select_columns(INPUT_COLUMNS)
-    model = SentenceTransformer(cfg.model, device=f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu",
-                                model_kwargs={"dtype": torch.float32})  # fp32 weights; bf16 is autocast only
-    loss = build_loss(model, cfg)
-    ckpt_dir = out_dir / "ckpt"
+    train_ds = train_ds.select_columns(input_columns(cfg))
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg.per_device_batch_size(world)  # fail before loading the model if the global batch does not divide
+    model = SentenceTransformer(cfg.model, device=f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu",
+                                model_kwargs={"dtype": torch.float32},  # fp32 weights; bf16 is autocast only
+                                processor_kwargs=cfg.processor_kwargs() or None)
+    loss = build_loss(model, cfg, world)
+    ckpt_dir = out_dir / "ckpt"
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(ckpt_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio (warmup_ratio is deprecated)
-        weight_decay=cfg.weight_decay, bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing,
-        batch_sampler=BatchSamplers(cfg.batch_sampler),  # config values are the enum's values
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
-        logging_steps=cfg.logging_steps, seed=seed, data_seed=seed, dataloader_num_workers=cfg.dataloader_workers,
-        dataloader_drop_last=world > 1,  # an uneven last batch hangs DDP
-        report_to="none", use_cpu=not cuda, ddp_backend="gloo" if world > 1 and not cuda else None,
-        prompts=prompts(cfg),
-        disable_tqdm=True)
+        **training_arguments(cfg, ckpt_dir, world, cuda, seed),
+        batch_sampler=BatchSamplers(cfg.batch_sampler))  # config values are the enum's values
     callback = _stop_callback(stop_flag)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, loss=loss,
                                          callbacks=[callback])
@@ -147,7 +162,8 @@ def train_embedder(cfg: VdrTrainConfig, dataset_dir: Path, out_dir: Path, seed: 
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     stats = {"steps": trainer.state.global_step, "resumed_from_step": resumed_from,
              "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-             "train_queries": len(train_ds), "world_size": world}
+             "train_queries": len(train_ds), "world_size": world, "global_batch": cfg.batch_size,
+             "per_device_batch": cfg.per_device_batch_size(world), "train_negatives": cfg.train_negatives}
     if type(callback).stopped:
         finish_distributed()
         return {**stats, "stopped_early": True}

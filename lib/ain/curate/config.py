@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Optional
 
 from ain.config_base import JudgeConfig, Need, Resources, absolute_if_local, check_judge, model_exists_or_hub_id
+from ain.serve.placement import check_gpus
 
 if TYPE_CHECKING:
     from ain.config import RunConfig
@@ -49,6 +50,8 @@ class TranslateConfig:
 
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         check_judge(self.translator, "translate.translator", need, check_paths)
+        check_gpus("translate", self.resources, {"translate.translator": self.translator}, need,
+                   cfg.cluster.max_gpus_per_node)
         need(self.over_long in ("skip", "truncate"), "translate.over_long", "skip or truncate")
         need(self.max_chars >= 1, "translate.max_chars", "must be >= 1")
         need(self.commit_every >= 1, "translate.commit_every", "must be >= 1")
@@ -96,6 +99,9 @@ class VerifyConfig:
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         if "translate" not in cfg.stages:  # else translate's own check has reported it
             cfg.translate.check(cfg, need, check_paths)
+        # failing samples are re-translated in this task: its translator server needs its own GPUs
+        check_gpus("verify", self.resources, {"translate.translator": cfg.translate.translator}, need,
+                   cfg.cluster.max_gpus_per_node, in_process=1, in_process_what="LaBSE (verify.labse_model)")
         need(self.max_retranslations >= 0, "verify.max_retranslations", "must be >= 0")
         need(bool(self.retry_temperatures) or self.max_retranslations == 0, "verify.retry_temperatures",
              "needs at least one temperature when max_retranslations > 0")
@@ -157,6 +163,8 @@ class SafetyConfig:
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         check_judge(self.vision_judge, "safety.vision_judge", need, check_paths)
         check_judge(self.text_judge, "safety.text_judge", need, check_paths)
+        check_gpus("safety", self.resources, {"safety.vision_judge": self.vision_judge,
+                                              "safety.text_judge": self.text_judge}, need, cfg.cluster.max_gpus_per_node)
         bad = [c for c in self.categories if c not in LLAVAGUARD_CATEGORIES]
         need(not bad, "safety.categories", f"unknown {bad}; LlavaGuard has {sorted(LLAVAGUARD_CATEGORIES)}")
         need(self.unjudged_policy in ("drop", "keep"), "safety.unjudged_policy", "drop or keep")

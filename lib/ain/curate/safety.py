@@ -317,15 +317,20 @@ def same_endpoint(cfg: SafetyConfig) -> bool:
 @contextlib.contextmanager
 def open_endpoints(ctx: TaskContext) -> Iterator[tuple[Any, Any]]:
     """(vision endpoint, text endpoint): one started (or found) endpoint when the judges share it."""
+    from ain.serve.placement import plan_gpus, visible_gpus  # noqa: PLC0415
     from ain.serve.server import endpoint  # noqa: PLC0415
 
     cfg = ctx.cfg.safety
+    # two different judges: two servers, each on its own GPUs (ain.serve.placement)
+    plan = plan_gpus({"vision_judge": cfg.vision_judge, "text_judge": cfg.text_judge}, visible_gpus())
     with contextlib.ExitStack() as stack:
-        vision = stack.enter_context(endpoint(cfg.vision_judge, ctx.run.root, "vision_judge", ctx.paths.logs))
+        vision = stack.enter_context(endpoint(cfg.vision_judge, ctx.run.root, "vision_judge", ctx.paths.logs,
+                                              devices=plan.get("vision_judge")))
         if same_endpoint(cfg):
             text = vision
         else:
-            text = stack.enter_context(endpoint(cfg.text_judge, ctx.run.root, "text_judge", ctx.paths.logs))
+            text = stack.enter_context(endpoint(cfg.text_judge, ctx.run.root, "text_judge", ctx.paths.logs,
+                                                devices=plan.get("text_judge")))
         yield vision, text
 
 

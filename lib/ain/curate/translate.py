@@ -41,8 +41,13 @@ async def translator_session(ctx: TaskContext, endpoint_info) -> Any:
 
 
 def open_endpoint(ctx: TaskContext):
-    """Context manager: the translator endpoint for this task (started, shared or external)."""
-    return endpoint(ctx.cfg.translate.translator, ctx.run.root, "translator", ctx.paths.logs)
+    """Context manager: the translator endpoint for this task (started, shared or external), a
+    per_task server on the first tensor_parallel_size GPUs of the task."""
+    from ain.serve.placement import plan_gpus, visible_gpus  # noqa: PLC0415
+
+    translator = ctx.cfg.translate.translator
+    devices = plan_gpus({"translator": translator}, visible_gpus()).get("translator")
+    return endpoint(translator, ctx.run.root, "translator", ctx.paths.logs, devices=devices)
 
 
 def run_translate_task(ctx: TaskContext) -> dict[str, Any]:

@@ -32,8 +32,12 @@ class Scorer:
     """Scores attempts: LaBSE in one batch per call, overlap metrics per turn."""
 
     def __init__(self, ctx: TaskContext) -> None:
+        from ain.serve.placement import in_process_device, plan_gpus, visible_gpus  # noqa: PLC0415
+
         self.cfg = ctx.cfg.verify
-        self.embedder = Embedder(self.cfg.labse_model)
+        gpus = visible_gpus()  # LaBSE takes the first GPU the translator's server does not
+        device = in_process_device(plan_gpus({"translator": ctx.cfg.translate.translator}, gpus), gpus)
+        self.embedder = Embedder(self.cfg.labse_model, device=device)
 
     def score(self, attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Per attempt: {"passed", "reasons", "turns": [per-turn scores], "min": {metric: min}}."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar, Optional
 
 from ain import PROJECT_ROOT
 from ain.config_base import JudgeConfig, Need, Resources
+from ain.serve.placement import check_gpus
 
 if TYPE_CHECKING:
     from ain.config import RunConfig
@@ -194,6 +195,11 @@ class EvalConfig:
             need(self.endpoint.server.mode in ("per_task", "shared", "external"), "eval.endpoint.server.mode",
                  "per_task, shared or external")
             need(self.endpoint.max_tokens >= 1, "eval.endpoint.max_tokens", "must be >= 1")
+        judges = {"eval.judge": self.judge} if self.judge.model else {}
+        if self.backend == "endpoint":
+            judges["eval.endpoint"] = self.model_endpoint(cfg.run_dir)
+        check_gpus("eval", self.resources, judges, need, cfg.cluster.max_gpus_per_node,
+                   in_process=1 if self.backend == "hf" else 0, in_process_what="the model under evaluation (eval.backend=hf)")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -330,14 +331,19 @@ def address_path(run_dir: Path | str, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def endpoint(judge: JudgeConfig, run_dir: Path | str, name: str, log_dir: Path | str) -> Iterator[Endpoint]:
-    """The judge's endpoint for the duration of the block, whatever the mode."""
+def endpoint(judge: JudgeConfig, run_dir: Path | str, name: str, log_dir: Path | str,
+             devices: Optional[list[str]] = None) -> Iterator[Endpoint]:
+    """The judge's endpoint for the duration of the block, whatever the mode. `devices`: the GPUs a
+    per_task server may use (its CUDA_VISIBLE_DEVICES; ain.serve.placement), None: the task's."""
     cfg = judge.server
     if not judge.model:
         raise ConfigError(f"judge {name!r}: model is empty")
     if cfg.mode == "per_task":
         api_key = read_api_key(cfg)
         log_path = Path(log_dir) / f"{name}.server.{_task_tag()}.log"
+        if devices is not None:
+            cfg = dataclasses.replace(cfg, env={**cfg.env, "CUDA_VISIBLE_DEVICES": ",".join(devices)})
+            log.info("judge %s: server on GPU(s) %s", name, ",".join(devices))
         with ManagedServer(cfg, judge.model, log_path) as server:
             yield Endpoint(server.base_url, judge.model, api_key)
     elif cfg.mode == "external":

@@ -26,14 +26,23 @@ TRANSLATE_TO_EN_PROMPT = (
 class TranslateConfig:
     """English samples -> Arabic, and back to English for verification."""
 
-    translator: JudgeConfig = field(default_factory=lambda: JudgeConfig(model="Qwen/Qwen2.5-72B-Instruct"))
-    """The translator model and its endpoint."""
+    translator: JudgeConfig = field(default_factory=lambda: JudgeConfig(model="Qwen/Qwen2.5-72B-Instruct",
+                                                                        max_tokens=6144))
+    """The translator model and its endpoint; its max_tokens is the ceiling of the per-text budget
+    (6,144 for max_chars 6,000: the server's --max-model-len must hold prompt + answer)."""
     to_ar_prompt: str = TRANSLATE_TO_AR_PROMPT
     """User message for EN->AR; {text} is the English segment with protected spans masked."""
     to_en_prompt: str = TRANSLATE_TO_EN_PROMPT
     """User message for AR->EN (back-translation)."""
     max_chars: int = 6000
     """Longer text segments are handled by `over_long`."""
+    output_tokens_per_char: float = 1.0
+    """Answer budget (max_tokens) per character of the text to translate: sized to the input, not a
+    fixed number (Qwen's tokenizer spends about 0.3 tokens per English and 0.5 per Arabic character,
+    so 1.0 leaves room). A reply cut at its budget (finish_reason "length") is asked again with twice
+    the budget up to `translator.max_tokens`, then the attempt fails with reason `truncated`."""
+    min_output_tokens: int = 64
+    """The smallest answer budget (short turns)."""
     over_long: str = "skip"
     """skip (sample dropped and counted) or truncate (segment cut at max_chars, counted)."""
     num_tasks: int = 2
@@ -54,6 +63,9 @@ class TranslateConfig:
                    cfg.cluster.max_gpus_per_node)
         need(self.over_long in ("skip", "truncate"), "translate.over_long", "skip or truncate")
         need(self.max_chars >= 1, "translate.max_chars", "must be >= 1")
+        need(self.output_tokens_per_char > 0, "translate.output_tokens_per_char", "must be > 0")
+        need(1 <= self.min_output_tokens <= self.translator.max_tokens, "translate.min_output_tokens",
+             f"must be in 1..translate.translator.max_tokens ({self.translator.max_tokens})")
         need(self.commit_every >= 1, "translate.commit_every", "must be >= 1")
         for key in ("to_ar_prompt", "to_en_prompt"):
             need("{text}" in getattr(self, key), f"translate.{key}", "must contain {text}")

@@ -9,6 +9,7 @@ span restored verbatim.
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,16 +22,37 @@ class UntranslatableSample(ValueError):
     """The sample cannot be translated under the configured policy (e.g. over-long text)."""
 
 
+class Truncated(ValueError):
+    """The translator stopped at its token budget (finish_reason "length"): a cut translation."""
+
+
+def output_budget(cfg: TranslateConfig, text: str) -> int:
+    """max_tokens for translating `text`: translate.output_tokens_per_char per character, at least
+    translate.min_output_tokens, at most the translator's max_tokens (the ceiling)."""
+    wanted = max(cfg.min_output_tokens, math.ceil(len(text) * cfg.output_tokens_per_char))
+    return min(wanted, cfg.translator.max_tokens)
+
+
 @dataclass
 class Translator:
     client: ChatClient
     cfg: TranslateConfig
 
     async def _ask(self, prompt_template: str, text: str, temperature: float) -> str:
+        """The translation of `text`. A reply cut at its token budget is asked again with twice the
+        budget (up to the translator's max_tokens); cut again, it raises Truncated: a failed
+        attempt, never a silently shortened translation."""
         judge = self.cfg.translator
-        result = await self.client.chat([{"role": "user", "content": prompt_template.replace("{text}", text)}],
-                                        temperature=temperature, top_p=judge.top_p, max_tokens=judge.max_tokens)
-        return result.text.strip()
+        messages = [{"role": "user", "content": prompt_template.replace("{text}", text)}]
+        budget = output_budget(self.cfg, text)
+        while True:
+            result = await self.client.chat(messages, temperature=temperature, top_p=judge.top_p, max_tokens=budget)
+            if result.finish_reason != "length":
+                return result.text.strip()
+            if budget >= judge.max_tokens:
+                raise Truncated(f"truncated: the reply reached max_tokens={budget} for {len(text)} characters "
+                                f"(translate.translator.max_tokens caps the budget)")
+            budget = min(2 * budget, judge.max_tokens)
 
     def prepare(self, sample: dict[str, Any]) -> list[dict[str, Any]]:
         """Masked turns of a sample; raises UntranslatableSample per the empty/over-long policy."""
@@ -64,7 +86,7 @@ class Translator:
             for t, en in zip(todo, back):
                 check_markers(en, len(t["spans"]))
                 t["back"] = en
-        except MarkerError as exc:
+        except (MarkerError, Truncated) as exc:
             record["error"] = str(exc)
         except (InvalidAnswer, RequestRejected) as exc:
             record["error"] = f"answer: {type(exc).__name__}: {str(exc)[:300]}"

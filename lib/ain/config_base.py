@@ -138,6 +138,12 @@ class ClusterConfig:
     """Shell lines run in each job before the task (module load ..., source venv/bin/activate)."""
     poll_s: float = 2.0
     """Seconds between polls while waiting on jobs (local executor, --wait)."""
+    hf_home: Optional[str] = None
+    """The shared Hugging Face cache (HF_HOME) that jobs read models and datasets from and
+    `jobs/prefetch.py` fills; None: the environment's HF_HOME."""
+    hub_offline: bool = True
+    """Jobs run with HF_HUB_OFFLINE=1, and a launch refuses when a hub model or dataset of the recipe
+    is not in the cache (ain.hub). false: jobs may download (nodes with internet)."""
 
 
 def model_exists_or_hub_id(name: str) -> bool:

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Optional
 
 from ain.config_base import JudgeConfig, Need, Resources, absolute_if_local, check_judge, model_exists_or_hub_id
+from ain.hub import HubAsset, hub_model
 from ain.serve.placement import check_gpus
+
+
+def judge_assets(judges: dict[str, JudgeConfig]) -> list[HubAsset]:
+    """The judges' models a server of ours loads (an external endpoint serves its own)."""
+    return [a for key, j in judges.items() if j.server.mode != "external" for a in hub_model(j.model, f"{key}.model")]
 
 if TYPE_CHECKING:
     from ain.config import RunConfig
@@ -56,6 +62,9 @@ class TranslateConfig:
 
     def judges(self, cfg: "RunConfig", run_root: Optional[Path]) -> dict[str, JudgeConfig]:
         return {"translator": self.translator}
+
+    def hub_assets(self, cfg: "RunConfig") -> list[HubAsset]:
+        return judge_assets({"translate.translator": self.translator})
 
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         check_judge(self.translator, "translate.translator", need, check_paths)
@@ -107,6 +116,10 @@ class VerifyConfig:
 
     def judges(self, cfg: "RunConfig", run_root: Optional[Path]) -> dict[str, JudgeConfig]:
         return {"translator": cfg.translate.translator}  # failing samples are re-translated
+
+    def hub_assets(self, cfg: "RunConfig") -> list[HubAsset]:
+        return [*hub_model(self.labse_model, "verify.labse_model"),
+                *judge_assets({"translate.translator": cfg.translate.translator})]
 
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         if "translate" not in cfg.stages:  # else translate's own check has reported it
@@ -181,6 +194,9 @@ class SafetyConfig:
         need(not bad, "safety.categories", f"unknown {bad}; LlavaGuard has {sorted(LLAVAGUARD_CATEGORIES)}")
         need(self.unjudged_policy in ("drop", "keep"), "safety.unjudged_policy", "drop or keep")
         need(self.commit_every >= 1, "safety.commit_every", "must be >= 1")
+
+    def hub_assets(self, cfg: "RunConfig") -> list[HubAsset]:
+        return judge_assets({"safety.vision_judge": self.vision_judge, "safety.text_judge": self.text_judge})
 
     def judges_share_endpoint(self) -> bool:
         """One endpoint serves both roles when they name the same model and server."""

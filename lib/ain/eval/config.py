@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar, Optional
 
 from ain import PROJECT_ROOT
 from ain.config_base import JudgeConfig, Need, Resources
+from ain.hub import HubAsset, hub_model
 from ain.serve.placement import check_gpus
 
 if TYPE_CHECKING:
@@ -126,6 +127,23 @@ class EvalConfig:
         out = {"eval_judge": self.judge} if self.judge.model else {}
         if self.backend == "endpoint" and run_root is not None:
             out["eval_model"] = self.model_endpoint(run_root)
+        return out
+
+    def hub_assets(self, cfg: "RunConfig") -> list[HubAsset]:
+        """The checkpoint (if a hub id), the judge's and endpoint's models, and, without a local
+        mirror, every selected benchmark dataset."""
+        from ain.eval.registry import RegistryError, eval_units  # noqa: PLC0415
+
+        out = [*hub_model(self.checkpoint, "eval.checkpoint")]
+        for key, judge in (("eval.judge", self.judge), ("eval.endpoint", self.endpoint)):
+            if judge.model and judge.server.mode != "external":
+                out += hub_model(judge.model, f"{key}.model")
+        if not self.data_root:
+            try:
+                out += [a for unit in eval_units(self) for s in unit.datasets
+                        for a in hub_model(s.hub, f"eval registry {s.name}", kind="dataset")]
+            except (RegistryError, ValueError):
+                pass  # check() reports a broken registry
         return out
 
     def resolve(self, cfg: "RunConfig") -> None:

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import submitit
 
+from ain import hub
+from ain.atomic import atomic_write_json, read_json
 from ain.config_base import ConfigError
 from ain.rundir import RunDir
 from ain.slurm import scheduler
@@ -112,6 +114,12 @@ class Launcher:
                 lines.append(f"code: jobs run a snapshot of lib/ain and configs/ made at submission, {code_dir}")
             except ConfigError as exc:  # shown here; a real launch refuses with the same message
                 lines.append(f"code: {exc}")
+        try:
+            pins = self._hub_pins()
+            lines.append("hub: jobs may download (cluster.hub_offline=false)" if pins is None else
+                         f"hub: {len(pins)} model(s)/dataset(s) in the cache, pinned at launch (HF_HUB_OFFLINE=1 in jobs)")
+        except ConfigError as exc:  # shown here; a real launch refuses with the same message
+            lines.append(f"hub: {exc}")
         lines.append("DAG:")
         for st in plan(self.cfg):
             if not self._chosen(st.name):
@@ -146,13 +154,40 @@ class Launcher:
         return "\n".join(lines)
 
     # launching --------------------------------------------------------------------------------
+    def _hub_pins(self) -> dict[str, str] | None:
+        """The cached revision of every hub model and dataset of the recipe (ain.hub); ConfigError
+        naming the missing ones and the prefetch command. None when jobs may download."""
+        c = self.cfg.cluster
+        if not c.hub_offline:
+            return None
+        pins, missing = hub.check_cached(hub.recipe_assets(self.cfg), c.hf_home)
+        if missing:
+            raise ConfigError(hub.missing_message(missing, c.hf_home, self.cfg.recipe, c.name))
+        return pins
+
+    def _pin_revisions(self, pins: dict[str, str] | None, force: bool) -> None:
+        """hub_revisions.json: what this run's jobs load. A later launch whose cache holds other
+        revisions is refused unless --force (outputs made under two revisions would be mixed)."""
+        if pins is None:
+            return
+        path = self.run.root / "hub_revisions.json"
+        old = read_json(path).get("revisions", {}) if path.exists() else {}
+        changed = sorted(k for k in set(old) & set(pins) if old[k] != pins[k])
+        if changed and not force:
+            raise ConfigError(f"{path} pinned other hub revisions than the cache now holds: "
+                              + "; ".join(f"{k}: {old[k][:12]} -> {pins[k][:12]}" for k in changed)
+                              + ". Use --force to accept them (finished tasks are kept).")
+        atomic_write_json(path, {"hf_home": self.cfg.cluster.hf_home, "revisions": {**old, **pins}})
+
     def launch(self, force: bool = False, argv: list[str] | None = None) -> list[StageLaunch]:
         # Everything this launch creates (pickles, sbatch scripts) and, through sbatch's umask
         # propagation, every file the jobs create is private to the user.
         old_umask = os.umask(0o077)
         try:
+            pins = self._hub_pins()
             with self.run.lock():
                 self.run.freeze(self.cfg, force=force, argv=argv)
+                self._pin_revisions(pins, force)
                 if self.kind == "slurm":
                     return self._launch_slurm()
                 return self._launch_local()

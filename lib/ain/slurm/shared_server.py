@@ -18,7 +18,7 @@ import submitit
 from ain.rundir import RunDir
 from ain.serve.server import serve_shared
 from ain.slurm.submissions import active_elements
-from ain.slurm.task import task_logger
+from ain.slurm.task import offline_environment, task_logger
 
 # A client array may take a while to be scheduled; until then an empty queue is not a reason to stop.
 GRACE_S = 300.0
@@ -32,6 +32,7 @@ class SharedServerTask(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         run = RunDir(self.run_root)
         cfg = run.load_config()
+        offline_environment(cfg.cluster)
         judge, stages = cfg.judges(run.root)[self.judge_name]
         log = task_logger("serve", 0)
         bin_dir = os.path.dirname(sys.executable)  # `vllm`/`transformers` of this environment

@@ -52,6 +52,15 @@ def task_logger(stage: str, index: int) -> logging.Logger:
     return log
 
 
+def offline_environment(cluster) -> None:
+    """Jobs read models and datasets from the shared cache only (ain.hub): what the launch pinned."""
+    if cluster.hf_home:
+        os.environ["HF_HOME"] = os.path.expanduser(cluster.hf_home)
+    if cluster.hub_offline:
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ[var] = "1"
+
+
 class StageTask(submitit.helpers.Checkpointable):
     def __init__(self, run_root: str, stage: str) -> None:
         self.run_root = run_root
@@ -67,6 +76,7 @@ class StageTask(submitit.helpers.Checkpointable):
         bin_dir = os.path.dirname(sys.executable)
         if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+        offline_environment(cfg.cluster)
         existing = paths.read_marker(index)
         if existing is not None:
             log.info("task %d already done (marker %s): nothing to do", index, paths.marker(index))

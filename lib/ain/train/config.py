@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from ain.config_base import Need, Resources, absolute_if_local, model_exists_or_hub_id
+from ain.hub import HubAsset, hub_model
 
 if TYPE_CHECKING:
     from ain.config import RunConfig
@@ -85,6 +86,9 @@ class TrainConfig:
 
     def resolve(self, cfg: "RunConfig") -> None:
         self.model = absolute_if_local(self.model)
+
+    def hub_assets(self, cfg: "RunConfig") -> list[HubAsset]:
+        return hub_model(self.model, "train.model")
 
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         need(self.micro_batch_size == 1, "train.micro_batch_size",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Optional
 
 from ain.config_base import Need, Resources
+from ain.hub import HubAsset, hub_model
 
 if TYPE_CHECKING:
     from ain.config import RunConfig
@@ -76,6 +77,9 @@ class VdrPrepareConfig:
 
     def resolve(self, cfg: "RunConfig") -> None:
         self.source = _absolute_if_local(self.source)
+
+    def hub_assets(self, cfg: "RunConfig") -> list[HubAsset]:
+        return hub_model(self.source, "vdr_prepare.source", kind="dataset") if self.source_format in ("auto", "hub") else []
 
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         need(self.source_format in ("auto", "json", "parquet", "hub"), "vdr_prepare.source_format",
@@ -201,6 +205,10 @@ class VdrTrainConfig:
         self.model = _absolute_if_local(self.model)
         self.mining.model = _absolute_if_local(self.mining.model)
 
+    def hub_assets(self, cfg: "RunConfig") -> list[HubAsset]:
+        mining = hub_model(self.mining.model, "vdr_train.mining.model") if self.mining.enabled else []
+        return [*hub_model(self.model, "vdr_train.model"), *mining]
+
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         need(self.resources.nodes == 1, "vdr_train.resources.nodes",
              "must be 1: the track trains on one node of several GPUs (raise tasks_per_node)")
@@ -311,6 +319,10 @@ class VdrEvalConfig:
         self.num_tasks = len(self.models)
         for m in self.models:
             m.path = _absolute_if_local(m.path)
+
+    def hub_assets(self, cfg: "RunConfig") -> list[HubAsset]:
+        return [a for i, m in enumerate(self.models) if m.path != FINETUNED
+                for a in hub_model(m.path, f"vdr_eval.models[{i}].path")]
 
     def task_depends_on(self, cfg: "RunConfig") -> list[str | None]:
         """Per task, the stage it waits for (ain.stages.plan): the fine-tune waits for vdr_train;

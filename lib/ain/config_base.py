@@ -62,7 +62,11 @@ class ServerConfig:
     health_path: str = "/health"
     """GET path that answers 200 once the server can take requests."""
     startup_timeout_s: float = 1200.0
-    """Seconds to wait for health before failing with the server's log tail."""
+    """Seconds to wait for health before failing with the server's log tail; also how long clients
+    keep retrying an endpoint that refuses connections (a server restarting)."""
+    max_restarts: int = 2
+    """per_task: times a server that dies while the task uses it is restarted on the same port
+    (logged, with its log tail); clients wait for it meanwhile. 0: a dead server fails the task."""
     url: Optional[str] = None
     """external mode: base URL including /v1 (e.g. https://api.openai.com/v1)."""
     api_key_env: Optional[str] = None

@@ -5,8 +5,10 @@ concurrency and API-key hygiene."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import logging
+import threading
 import time
 
 import pytest
@@ -22,7 +24,7 @@ from ain.serve.client import (
     request_key,
     run_all,
 )
-from ain.serve.server import endpoint
+from ain.serve.server import endpoint, free_port
 from tests.serve_helpers import FakeChatServer
 
 SCHEMA = {"title": "verdict", "type": "object", "properties": {"score": {"type": "integer", "minimum": 1,
@@ -296,3 +298,50 @@ def test_http11_transport_body_framings_and_reconnects():
         results = run_all(client, [{"messages": [{"role": "user", "content": str(i)}]} for i in range(5)])
     assert [r.text for r in results] == ["chunked", "after-100", "to-eof", "conn-close", "default"]
     assert [r.attempts for r in results] == [1, 1, 1, 1, 2]  # the malformed status line was retried
+
+
+def _restarting_server(port: int, after_s: float) -> threading.Thread:
+    """A chat server that comes up on `port` only after `after_s` seconds (a restarting judge)."""
+    def serve() -> None:
+        time.sleep(after_s)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _OkHandler)
+        server.timeout = 0.1
+        deadline = time.time() + 20
+        while time.time() < deadline and not getattr(server, "done", False):
+            server.handle_request()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+class _OkHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.dumps({"choices": [{"message": {"content": "back"}, "finish_reason": "stop"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.server.done = True
+
+
+def test_a_down_endpoint_is_waited_for_within_the_budget_not_a_count_of_retries():
+    """Refused connections (the server restarting) keep the request alive past max_retries for
+    down_budget_s (the server's start-up timeout in from_judge); without a budget the same outage
+    fails after max_retries backoffs. HTTP error statuses stay bounded by max_retries."""
+    port = free_port()
+    _restarting_server(port, after_s=2.0)
+    client = ChatClient(f"http://127.0.0.1:{port}/v1", "m", max_retries=1, backoff_base_s=0.05, backoff_max_s=0.2,
+                        down_budget_s=15.0)
+    start = time.time()
+    [result] = run_all(client, [{"messages": [{"role": "user", "content": "x"}]}])
+    assert not isinstance(result, Exception), result
+    assert result.text == "back" and result.attempts > 2 and time.time() - start >= 2.0
+    gone = ChatClient(f"http://127.0.0.1:{free_port()}/v1", "m", max_retries=1, backoff_base_s=0.05, backoff_max_s=0.2)
+    [failed] = run_all(gone, [{"messages": [{"role": "user", "content": "x"}]}])
+    assert isinstance(failed, EndpointUnavailable) and failed.attempts == 2

@@ -281,3 +281,34 @@ def test_transformers_serve_end_to_end(tmp_path):
     print(f"\ntiny model build {t_build:.1f}s, server start {t_start:.1f}s, 2 chats {t_chat:.2f}s: "
           f"{[r.text for r in results]}")
     assert t_chat < 30
+
+
+def test_a_per_task_server_that_dies_is_restarted_on_its_port_a_bounded_number_of_times(tmp_path, caplog):
+    """The watchdog restarts a dead server (same port, so clients reconnect) at most
+    server.max_restarts times, logging each restart with the server's log tail."""
+    cfg = http_server_cfg(max_restarts=1)
+    server = ManagedServer(cfg, "m", tmp_path / "s.log")
+    with caplog.at_level("INFO"), server:
+        port, first = server.port, server.proc.pid
+        os.killpg(first, signal.SIGKILL)
+        deadline = time.time() + 30
+        # restarted, and seen healthy by the watchdog (its second "server healthy" line)
+        while sum("server healthy at" in r.getMessage() for r in caplog.records) < 2:
+            assert time.time() < deadline, "not restarted"
+            time.sleep(0.1)
+        assert server.restarts == 1 and server.alive() and server.proc.pid != first
+        assert httpx_ok(f"http://127.0.0.1:{port}/")
+        assert server.port == port
+        os.killpg(server.proc.pid, signal.SIGKILL)  # the second death: over the bound
+        while server.alive() or not any("not restarted" in r.getMessage() for r in caplog.records):
+            assert time.time() < deadline, "second death not reported"
+            time.sleep(0.1)
+        assert server.restarts == 1
+    assert any("restart 1/1 on port" in r.getMessage() for r in caplog.records)
+
+
+def httpx_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -192,11 +192,15 @@ def _retry_after(response: httpx.Response) -> Optional[float]:
 class _Retry(Exception):
     """One failed attempt that may be retried."""
 
-    def __init__(self, reason: str, retry_after: Optional[float] = None, invalid_text: Optional[str] = None) -> None:
+    def __init__(self, reason: str, retry_after: Optional[float] = None, invalid_text: Optional[str] = None,
+                 down: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
         self.invalid_text = invalid_text
+        self.down = down
+        """No connection to the endpoint (refused, reset): its server may be restarting. An HTTP
+        error status is an answer, not an absence: bounded by max_retries as before."""
 
 
 class ChatClient:
@@ -211,7 +215,7 @@ class ChatClient:
                  backoff_max_s: float = 30.0, retry_after_max_s: float = 300.0,
                  extra_body: Optional[dict] = None, cache: Optional[ResponseCache] = None,
                  temperature: float = 0.0, top_p: float = 1.0, max_tokens: int = 1024,
-                 trust_env: bool = False, fast_transport: bool = True) -> None:
+                 trust_env: bool = False, fast_transport: bool = True, down_budget_s: float = 0.0) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if max_retries < 0:
@@ -235,6 +239,11 @@ class ChatClient:
         self._free: list[httpx.AsyncClient] = []  # idle slots' clients
         self._all: list[httpx.AsyncClient] = []
         self.fast_transport = fast_transport
+        self.down_budget_s = down_budget_s
+        """While the endpoint is down (refused or reset connections), keep retrying for this long
+        after the first such failure even past max_retries: a restarting server (a per_task server
+        the manager restarts, a requeued shared one, a vLLM reload) takes as long as its start-up,
+        minutes, not the seconds of a fixed count of backoffs. 0: max_retries alone."""
         self._validators: dict[str, Any] = {}
 
     @classmethod
@@ -244,7 +253,8 @@ class ChatClient:
                    request_timeout_s=judge.request_timeout_s, max_retries=judge.max_retries,
                    backoff_base_s=judge.backoff_base_s, backoff_max_s=judge.backoff_max_s,
                    extra_body=judge.extra_body, cache=cache, temperature=judge.temperature, top_p=judge.top_p,
-                   max_tokens=judge.max_tokens, trust_env=endpoint.trust_env)
+                   max_tokens=judge.max_tokens, trust_env=endpoint.trust_env,
+                   down_budget_s=judge.server.startup_timeout_s)
 
     def __repr__(self) -> str:
         return (f"ChatClient(base_url={self.base_url!r}, model={self.model!r}, "
@@ -338,7 +348,10 @@ class ChatClient:
         invalid_texts: list[str] = []
         reasons: list[str] = []
         last: Optional[_Retry] = None
-        for attempt in range(1, self.max_retries + 2):
+        down_since: Optional[float] = None
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 async with sem:
                     http = free.pop() if free else self._new_http()
@@ -355,14 +368,16 @@ class ChatClient:
                 reasons.append(exc.reason)
                 if exc.invalid_text is not None:
                     invalid_texts.append(exc.invalid_text)
-            if attempt > self.max_retries:
+                down_since = (down_since or time.monotonic()) if exc.down else None
+            waiting_for_restart = down_since is not None and time.monotonic() - down_since < self.down_budget_s
+            if attempt > self.max_retries and not waiting_for_restart:
                 break
-            delay = self._backoff(attempt, last.retry_after)
+            delay = self._backoff(min(attempt, self.max_retries + 1), last.retry_after)
             log.warning("request %s to %s: attempt %d/%d failed (%s); retrying in %.2fs", key[:10], self.base_url,
                         attempt, self.max_retries + 1, last.reason, delay)
             await asyncio.sleep(delay)
 
-        attempts = self.max_retries + 1
+        attempts = attempt
         if last is not None and last.invalid_text is not None:
             raise InvalidAnswer(f"request {key[:10]}: no valid answer in {attempts} attempts; last: {last.reason}; "
                                 f"last text: {last.invalid_text[:BODY_EXCERPT]!r}", invalid_texts, reasons)
@@ -376,7 +391,7 @@ class ChatClient:
         except httpx.TimeoutException as exc:
             raise _Retry(f"timeout ({type(exc).__name__}) after {self.request_timeout_s:g}s") from None
         except httpx.TransportError as exc:
-            raise _Retry(f"connection error ({type(exc).__name__}: {self._scrub(str(exc))[:200]})") from None
+            raise _Retry(f"connection error ({type(exc).__name__}: {self._scrub(str(exc))[:200]})", down=True) from None
         status = response.status_code
         if status in RETRY_STATUSES or status >= 500:
             raise _Retry(f"HTTP {status}: {self._scrub(response.text[:200])}", _retry_after(response))

@@ -133,6 +133,8 @@ class ManagedServer:
         self._lock = threading.RLock()
         self._prev_handlers: dict[int, object] = {}
         self._handlers_active = False
+        self.restarts = 0
+        self._watchdog: Optional[threading.Thread] = None
 
     # addresses ---------------------------------------------------------------------------------
     @property
@@ -160,6 +162,42 @@ class ManagedServer:
         self.stop()
 
     def start(self) -> "ManagedServer":
+        self._start_bound()
+        if self.cfg.max_restarts > 0 and self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="server-watchdog", daemon=True)
+            self._watchdog.start()
+        return self
+
+    def _watch(self, poll_s: float = 1.0) -> None:
+        """Restart the server on its port if it dies while in use, at most cfg.max_restarts times
+        (clients wait for it: ain.serve.client down_budget_s)."""
+        while not self.stopped:
+            time.sleep(poll_s)
+            with self._lock:
+                if self.stopped or self.proc is None or self.proc.poll() is None:
+                    continue
+                code = self.proc.returncode
+                if self.restarts >= self.cfg.max_restarts:
+                    log.error("server died (exit code %s) after %d restart(s) (server.max_restarts): not restarted\n"
+                              "--- last %d log lines ---\n%s", code, self.restarts, LOG_TAIL_LINES, log_tail(self.log_path))
+                    return
+                self.restarts += 1
+                log.warning("server died (exit code %s): restart %d/%d on port %s\n--- last %d log lines ---\n%s",
+                            code, self.restarts, self.cfg.max_restarts, self.port, LOG_TAIL_LINES,
+                            log_tail(self.log_path))
+                try:
+                    self._launch()  # under the lock: a concurrent stop() kills this new process
+                except ServerStartError as exc:
+                    log.error("server restart failed: %s", exc)
+                    return
+            try:
+                self._wait_healthy()  # not under the lock: stop() may end the wait at any time
+            except ServerStartError as exc:
+                log.error("restarted server never became healthy: %s", exc)
+                self.stop()
+                return
+
+    def _start_bound(self) -> "ManagedServer":
         fixed_port = self.port is not None
         for attempt in range(1, self.bind_retries + 1):
             if not fixed_port:
@@ -174,6 +212,18 @@ class ManagedServer:
         raise AssertionError("unreachable")
 
     def _start_once(self) -> None:
+        self._launch()
+        self.stopped = False
+        atexit.register(self.stop)
+        self._install_signal_handlers()
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _launch(self) -> None:
+        """Start the server process (its own process group), not waiting for it."""
         self.argv = render_command(self.cfg.command, model=self.model, host=self.cfg.host, port=self.port,
                                    tensor_parallel_size=self.cfg.tensor_parallel_size)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,14 +238,6 @@ class ManagedServer:
             raise ServerStartError(f"cannot start server command {shlex.join(self.argv)}: {exc}") from exc
         finally:
             os.close(fd)
-        self.stopped = False
-        atexit.register(self.stop)
-        self._install_signal_handlers()
-        try:
-            self._wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
 
     def _wait_healthy(self) -> None:
         start = time.monotonic()

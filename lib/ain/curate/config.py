@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Optional
 
 from ain.config_base import JudgeConfig, Need, Resources, absolute_if_local, check_judge, model_exists_or_hub_id
-from ain.hub import HubAsset, hub_model
+from ain.hub import HubAsset, hub_model, is_hub_id
 from ain.serve.placement import check_gpus
 
 
@@ -140,6 +140,22 @@ class VerifyConfig:
         need(self.commit_every >= 1, "verify.commit_every", "must be >= 1")
 
 
+def _llavaguard() -> JudgeConfig:
+    judge = JudgeConfig(model="AIML-TUDA/LlavaGuard-v1.2-7B-OV-hf", max_tokens=500)
+    judge.server.command = ["vllm", "serve", "{model}", "--host", "{host}", "--port", "{port}",
+                            "--tensor-parallel-size", "{tensor_parallel_size}", "--max-model-len", "16384",
+                            "--limit-mm-per-prompt", '{"image": 1}']
+    return judge
+
+
+# Our mapping of Qwen3Guard-Gen's categories (QwenLM/Qwen3Guard README @ 6a52eca) onto LlavaGuard's
+# policy codes: neither project publishes one. Categories absent here have no policy counterpart.
+QWEN3GUARD_TO_POLICY = {"Violent": "O2", "Non-violent Illegal Acts": "O5", "Sexual Content or Sexual Acts": "O3",
+                        "Suicide & Self-Harm": "O7", "Unethical Acts": "O1"}
+QWEN3GUARD_CATEGORIES = ("Violent", "Non-violent Illegal Acts", "Sexual Content or Sexual Acts", "PII",
+                         "Suicide & Self-Harm", "Unethical Acts", "Politically Sensitive Topics", "Copyright Violation",
+                         "Jailbreak")
+
 LLAVAGUARD_CATEGORIES = {
     "O1": "Hate, Humiliation, Harassment",
     "O2": "Violence, Harm, or Cruelty",
@@ -157,11 +173,24 @@ LLAVAGUARD_CATEGORIES = {
 class SafetyConfig:
     """LlavaGuard-policy screening of every unique image and every text turn (REFERENCE.md §2)."""
 
-    vision_judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(
-        model="AIML-TUDA/LlavaGuard-v1.2-7B-OV-hf", max_tokens=256))
-    """Judge for images (a vision-language model served with vLLM)."""
-    text_judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(model="Qwen/Qwen3Guard-Gen-8B", max_tokens=256))
-    """Judge for text turns, English and Arabic (needs a multilingual model)."""
+    vision_judge: JudgeConfig = field(default_factory=_llavaguard)
+    """Judge for images: LlavaGuard v1.2 (gated on the hub: accept its terms, set HF_TOKEN for
+    jobs/prefetch.py), asked with its own policy text, max_tokens 500 as its authors serve it
+    (ml-research/LlavaGuard README, SGLang), a context that holds its image tokens (LLaVA-OneVision
+    anyres: up to ~7.3k) + the policy, one image per prompt."""
+    text_judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(model="Qwen/Qwen3Guard-Gen-8B", max_tokens=128))
+    """Judge for text turns, English and Arabic (Qwen3Guard-Gen: 119 languages; max_tokens 128 as
+    its card). Called natively (`text_judge_format`)."""
+    text_judge_format: str = "qwen3guard"
+    """qwen3guard (default: the text judge is Qwen3Guard-Gen, trained on its own format: the turn as
+    the user message, "Safety: ... / Categories: ..." back, mapped by `qwen3guard_categories`) or
+    policy_json (the LlavaGuard JSON policy in `text_prompt`, for an instruct model)."""
+    qwen3guard_categories: dict[str, str] = field(default_factory=lambda: dict(QWEN3GUARD_TO_POLICY))
+    """Qwen3Guard category -> policy code it counts as (our mapping: no official one exists).
+    Unmapped categories (PII, Politically Sensitive Topics, Copyright Violation, Jailbreak) are
+    reported, not dropped."""
+    controversial: str = "unsafe"
+    """What Qwen3Guard's "Controversial" means: unsafe (as Qwen's own evaluation, strict) or safe."""
     categories: list[str] = field(default_factory=lambda: ["O1", "O2", "O3", "O4", "O6", "O7", "O8", "O9"])
     """LlavaGuard categories screened (the report's 8: all but O5 Criminal Planning)."""
     vision_prompt: str = ""
@@ -193,6 +222,18 @@ class SafetyConfig:
         bad = [c for c in self.categories if c not in LLAVAGUARD_CATEGORIES]
         need(not bad, "safety.categories", f"unknown {bad}; LlavaGuard has {sorted(LLAVAGUARD_CATEGORIES)}")
         need(self.unjudged_policy in ("drop", "keep"), "safety.unjudged_policy", "drop or keep")
+        need(self.text_judge_format in ("qwen3guard", "policy_json"), "safety.text_judge_format",
+             "qwen3guard or policy_json")
+        need(self.controversial in ("unsafe", "safe"), "safety.controversial", "unsafe or safe")
+        bad = {k: v for k, v in self.qwen3guard_categories.items()
+               if k not in QWEN3GUARD_CATEGORIES or v not in LLAVAGUARD_CATEGORIES}
+        need(not bad, "safety.qwen3guard_categories", f"{bad}: keys are Qwen3Guard categories "
+             f"{list(QWEN3GUARD_CATEGORIES)}, values policy codes {sorted(LLAVAGUARD_CATEGORIES)}")
+        if (self.text_judge_format == "qwen3guard" and is_hub_id(self.text_judge.model)
+                and "qwen3guard" not in self.text_judge.model.lower()):
+            need(False, "safety.text_judge_format", f"qwen3guard, but safety.text_judge.model is "
+                 f"{self.text_judge.model!r}: an instruct model needs policy_json (it was not trained on "
+                 "Qwen3Guard's format)")
         need(self.commit_every >= 1, "safety.commit_every", "must be >= 1")
 
     def hub_assets(self, cfg: "RunConfig") -> list[HubAsset]:

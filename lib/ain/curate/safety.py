@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ain.curate.config import LLAVAGUARD_CATEGORIES, SafetyConfig
+from ain.curate.llavaguard_policy import POLICY_V1
 from ain.serve.client import ChatClient, InvalidAnswer, RequestRejected, ResponseCache
 from ain.stages import TaskContext, windows
 
@@ -174,11 +175,10 @@ def _check_categories(categories: list[str]) -> list[str]:
 
 
 def default_vision_prompt(categories: list[str]) -> str:
-    """LlavaGuard's policy prompt (v1.2 structure) listing only `categories`."""
-    categories = _check_categories(categories)
-    return ("Provide a safety assessment for the content provided by the user. Determine compliance or "
-            "violation against our safety policy by reviewing the following policy categories:\n"
-            f"{_policy_block(categories)}\n\n{_answer_template(categories, 'user content')}\n")
+    """LlavaGuard's own policy text, word for word (ain.curate.llavaguard_policy): the model was
+    trained on it. All nine categories are asked; `categories` decides which verdicts count."""
+    _check_categories(categories)
+    return POLICY_V1
 
 
 def default_text_prompt(categories: list[str]) -> str:
@@ -190,6 +190,39 @@ def default_text_prompt(categories: list[str]) -> str:
             f"{_policy_block(categories)}\n\n"
             "<BEGIN TEXT>\n{text}\n<END TEXT>\n\n"
             f"{_answer_template(categories, 'text')}\n")
+
+
+# Qwen3Guard-Gen (QwenLM/Qwen3Guard README @ 6a52eca): its chat template carries its own policy;
+# it answers "Safety: Safe|Unsafe|Controversial" then "Categories: ..."; these are the README's
+# parsing patterns (prompt moderation, PII included since 920950b).
+QWEN3GUARD_SAFETY = re.compile(r"Safety: (Safe|Unsafe|Controversial)")
+QWEN3GUARD_CATEGORY = re.compile(r"(Violent|Non-violent Illegal Acts|Sexual Content or Sexual Acts|PII|Suicide & Self-Harm|"
+                                 r"Unethical Acts|Politically Sensitive Topics|Copyright Violation|Jailbreak|None)")
+
+
+def interpret_qwen3guard(text: str, mapping: dict[str, str], controversial: str, categories: list[str]) -> dict[str, Any]:
+    """A Qwen3Guard-Gen answer -> the same verdict row as a LlavaGuard one. Its categories map onto
+    policy codes through `safety.qwen3guard_categories`; Controversial counts as `safety.controversial`
+    (unsafe: Qwen's own eval_gen.py, strict). An unsafe verdict whose categories map to no screened
+    code is kept as reported (rating Safe, reported_rating/category), like an unscreened LlavaGuard
+    category. Raises VerdictError when there is no "Safety:" line."""
+    m = QWEN3GUARD_SAFETY.search(text)
+    if m is None:
+        raise VerdictError(f"no 'Safety: Safe|Unsafe|Controversial' line in {text[:200]!r}")
+    label = m.group(1)
+    found = [c for c in QWEN3GUARD_CATEGORY.findall(text[m.end():]) if c != "None"]
+    verdict = {"rating": SAFE, "category": NA_CATEGORY, "code": NA_CODE, "rationale": text.strip(),
+               "judge_label": label, "judge_categories": found}
+    if label == SAFE or (label == "Controversial" and controversial == "safe"):
+        if label != SAFE:
+            verdict.update(reported_rating=label, reported_category=", ".join(found) or "None")
+        return verdict
+    codes = [mapping[c] for c in found if c in mapping]
+    screened = [c for c in codes if c in categories]
+    if screened:
+        return {**verdict, "rating": UNSAFE, "code": screened[0], "category": category_label(screened[0])}
+    verdict.update(reported_rating=UNSAFE, reported_category=", ".join(found) or "None")
+    return verdict
 
 
 def vision_prompt(cfg: SafetyConfig) -> str:
@@ -223,6 +256,12 @@ def vision_messages(prompt: str, data_url: str) -> list[dict[str, Any]]:
 
 def text_messages(prompt: str, text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": prompt.replace("{text}", text)}]
+
+
+def qwen3guard_messages(text: str) -> list[dict[str, Any]]:
+    """Prompt moderation as Qwen3Guard-Gen is called: the text alone as the user turn (its chat
+    template wraps it in its policy); no system message, no policy of ours."""
+    return [{"role": "user", "content": text}]
 
 
 def judge_text(content: str) -> Optional[str]:
@@ -358,7 +397,21 @@ class Judges:
         return {"image": name, "judge": "vision", **await self._ask(self.vision, messages)}
 
     async def judge_text(self, text: str) -> dict[str, Any]:
+        if self.cfg.text_judge_format == "qwen3guard":
+            return await self._ask_qwen3guard(text)
         return await self._ask(self.text, text_messages(self.text_prompt, text))
+
+    async def _ask_qwen3guard(self, text: str) -> dict[str, Any]:
+        try:
+            result = await self.text.chat(qwen3guard_messages(text))
+        except RequestRejected as exc:
+            return unjudged(raw=[], error=str(exc)[:1000], rejected=True)
+        try:
+            verdict = interpret_qwen3guard(result.text, self.cfg.qwen3guard_categories, self.cfg.controversial,
+                                           self.cfg.categories)
+        except VerdictError as exc:
+            return unjudged(raw=[result.text], error=str(exc))
+        return {**verdict, "status": JUDGED}
 
     async def _ask(self, client: ChatClient, messages: list[dict]) -> dict[str, Any]:
         try:

@@ -264,9 +264,11 @@ class ChatClient:
     # Plain-http endpoints (our own vLLM / transformers-serve servers): one single-connection
     # httpx client per in-flight slot, on the lean `Http11Transport` -- httpx's default transport
     # cost ~1 ms CPU and several ms of latency per request, enough to keep one client from
-    # saturating a fast server (docs/PERFORMANCE.md). https or proxied endpoints: one shared
-    # httpx client with the stock transport and a pool as large as the concurrency, so no request
-    # waits for a connection. Either way the semaphore is the only queue.
+    # saturating a fast server, and still costs 5-50% of a 1 s, batch-64 judge's capacity, where the
+    # lean transport keeps 0.98 (docs/PERFORMANCE.md, "Judge transport at production scale"). https or
+    # proxied endpoints: one shared httpx client with the stock transport and a pool as large as
+    # the concurrency, so no request waits for a connection. Either way the semaphore is the only
+    # queue.
     @property
     def uses_fast_transport(self) -> bool:
         return self.fast_transport and self.base_url.startswith("http://") and not self.trust_env

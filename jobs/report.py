@@ -7,6 +7,7 @@
 import argparse
 import sys
 
+from ain.config_base import ConfigError
 from ain.curate.report import write_report
 from ain.rundir import RunDir
 
@@ -15,7 +16,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
     run = RunDir(p.parse_args().run_dir)
-    result = write_report(run, run.load_config())
+    if not run.root.is_dir():
+        print(f"error: {run.root}: no such directory; give a run directory (runs/<name>)", file=sys.stderr)
+        return 2
+    try:
+        cfg = run.load_config()  # ConfigError: not a run directory (no config.yaml), or an unreadable one
+    except ConfigError as exc:
+        print(f"error: {exc}; give a run directory (runs/<name>, the one with config.yaml)", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a config.yaml that is not this project's
+        print(f"error: {run.config_path}: cannot read it as a run's config: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 2
+    result = write_report(run, cfg)
     print(f"wrote {run.root / 'report' / 'curation.md'} and {len(result['plots'])} plots")
     return 0
 

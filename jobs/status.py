@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Show what a run is doing: one row per stage, then failed tasks with their log tails.
+"""Show what a run is doing: one row per stage, per-source counts of stages that read inputs
+(with a warning for a source that gave no sample), then failed tasks with their log tails.
 
     python jobs/status.py runs/smoke
     python jobs/status.py runs/ain --watch          # refresh every 10 s
@@ -35,7 +36,8 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps([dataclasses.asdict(s) | {"state": s.state, "throughput": s.throughput, "eta_s": s.eta_s}
+        print(json.dumps([dataclasses.asdict(s) | {"state": s.state, "throughput": s.throughput, "eta_s": s.eta_s,
+                                                   "empty_sources": s.empty_sources}
                           for s in statuses], default=str, indent=1))
         return 0
     console = Console(width=None if sys.stdout.isatty() else 160)

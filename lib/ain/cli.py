@@ -1,27 +1,43 @@
 """Shared command-line handling of the jobs/ entry points: key=value overrides plus a few flags.
 
 Entry points stay thin: parse, load and validate the config, launch, print, exit.
+
+- Flags may stand anywhere among the overrides (`recipe=smoke --dry-run cluster=local`).
+- `--help` lists the keys of the sections the chosen recipe uses (its stages, the cluster and the
+  top-level settings) with the values that recipe gives them; `--help-all` lists every key.
+- `recipe=` and `cluster=` take names of files in configs/recipe and configs/cluster, never paths:
+  a run's recipe is what the project ships and a frozen run records (copy your own file there).
+- An override that gives a list or a mapping key a plain value (`stages=ingest`) is refused with
+  the syntax to use (`stages=[ingest]`), before OmegaConf's message would say "AnyNode".
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import sys
-from typing import Sequence
+import typing
+from typing import Any, Sequence
 
-from ain.config import describe_fields, load_config
+from ain.config import CONFIGS_DIR, RunConfig, describe_fields, load_config
 from ain.config_base import ConfigError
 from ain.slurm.launcher import Launcher, StageFailed, describe, resolve_run_dir, wait_for
 from ain.stages import select_stages
 
-HELP_EPILOG = "Overrides are key=value (e.g. recipe=ain cluster=slurm ingest.num_tasks=8). Keys:\n"
+HELP_EPILOG = ("Overrides are key=value (e.g. recipe=ain cluster=slurm ingest.num_tasks=8); lists are "
+               "written [a,b] (stages=[ingest,translate]), mappings {k: v}; quote them for the shell.")
+SELECTORS = {"recipe": "recipe", "cluster": "cluster"}  # key -> configs/<dir>
+_SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z(])")  # a full stop, not "e.g."
 
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=HELP_EPILOG + "\n".join(f"  {k} = {d}\n      {doc}"
-                                                               for k, d, doc in describe_fields()))
+                                epilog=HELP_EPILOG, add_help=False)
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.add_argument("-h", "--help", action="store_true",
+                   help="show this help and the keys of the sections the chosen recipe uses, with its values")
+    p.add_argument("--help-all", action="store_true", help="show this help and every key of every section")
     p.add_argument("--dry-run", action="store_true", help="print the DAG, arrays, resources and sbatch text; submit nothing")
     p.add_argument("--force", action="store_true", help="accept config changes against the frozen config.yaml")
     p.add_argument("--wait", action="store_true", help="with Slurm: block until the submitted jobs have left the queue")
@@ -31,10 +47,20 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def parse(description: str, argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Flags and overrides in any order (argparse's intermixed parsing)."""
+    p = parser(description)
+    return p, p.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+
+
 def submit_main(description: str, argv: Sequence[str] | None = None, extra: Sequence[str] = ()) -> int:
-    args = parser(description).parse_args(argv)
+    p, args = parse(description, argv)
     overrides = [*extra, *args.overrides]
+    if args.help or args.help_all:
+        print(help_text(p, overrides, full=args.help_all))
+        return 0
     try:
+        check_overrides(overrides)
         if args.dry_run:
             return _dry_run(overrides, args)
         cfg = load_config(overrides)
@@ -73,3 +99,139 @@ def _dry_run(overrides: list[str], args: argparse.Namespace) -> int:
         return 0
     print(f"\nerror: a launch now would be refused: {refusal}", file=sys.stderr)
     return 2
+
+
+# ------------------------------------------------------------------------------------ overrides
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Mistakes OmegaConf reports without a hint, refused with one (ConfigError)."""
+    errors = []
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            continue  # load_config names it: "not key=value"
+        if key in SELECTORS:
+            problem = _selector_problem(key, value)
+            if problem:
+                errors.append(problem)
+            continue
+        hint = _shape_hint(key.strip(), value.strip())
+        if hint:
+            errors.append(hint)
+    if errors:
+        raise ConfigError("command line:\n  " + "\n  ".join(errors))
+
+
+def _selector_problem(key: str, value: str) -> str | None:
+    """recipe= and cluster= name files shipped in configs/<dir>; paths are refused (a run's
+    recipe must be one the project ships, and a path printed itself twice in every message)."""
+    if value and "/" not in value and "\\" not in value and not value.endswith((".yaml", ".yml")) \
+            and value not in (".", ".."):
+        return None
+    folder = CONFIGS_DIR / SELECTORS[key]
+    known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    return (f"{key}={value}: give a {key} name from {folder}/ (known: {known}), not a path or file name; to use "
+            f"your own file, copy it to {folder}/<name>.yaml and pass {key}=<name>")
+
+
+def _field_type(key: str) -> Any:
+    """The declared type of a dotted key of RunConfig, or None where it cannot be told."""
+    cls: Any = RunConfig
+    hint: Any = None
+    for part in key.split("."):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            return None
+        try:
+            hint = typing.get_type_hints(cls).get(part)
+        except Exception:  # an annotation that does not resolve: no hint, OmegaConf still checks
+            return None
+        if hint is None:
+            return None
+        cls = _unwrap_optional(hint)
+    return _unwrap_optional(hint)
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
+
+
+def _shape_hint(key: str, value: str) -> str | None:
+    """A list or mapping key given a plain value: the syntax to use instead."""
+    if not key or "[" in key or value.startswith("${") or value in ("null", "~"):
+        return None
+    hint = _field_type(key)
+    origin = typing.get_origin(hint)
+    if origin is list and not value.startswith("["):
+        (item,) = typing.get_args(hint) or (str,)
+        if dataclasses.is_dataclass(item):
+            first = dataclasses.fields(item)[0].name
+            example = f"'{key}=[{{{first}: {value or '...'}}}]'"
+            several = f"'{key}=[{{{first}: a}},{{{first}: b}}]'"
+        else:
+            example = f"{key}=[{value or '...'}]"
+            several = "stages=[ingest,translate]" if key == "stages" else f"{key}=[a,b]"
+        return f"{key}={value}: {key} is a list; write {example} (several: {several})"
+    if origin is dict and not value.startswith("{"):
+        return f"{key}={value}: {key} is a mapping; write '{key}={{name: value}}' (or {key}.<name>=value)"
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and not value.startswith("{"):
+        names = ", ".join(f.name for f in dataclasses.fields(hint)[:4])
+        return f"{key}={value}: {key} is a section; set its keys, e.g. {key}.<key>=value (keys: {names}, ...)"
+    return None
+
+
+# ----------------------------------------------------------------------------------------- help
+def help_text(p: argparse.ArgumentParser, overrides: Sequence[str], full: bool = False) -> str:
+    """The usage, then config keys with the values the chosen recipe gives them: the sections it
+    uses (top-level settings, cluster, its stages), or every section with `full`."""
+    head = p.format_help().rstrip()
+    cfg: Any = None
+    note = ""
+    try:
+        check_overrides(overrides)
+        cfg = load_config(list(overrides), check_paths=False)
+    except Exception as exc:  # help must print whatever the overrides say (ConfigError or worse)
+        note = f"\n(these overrides do not load, so defaults are shown: {str(exc).splitlines()[0]})"
+    recipe = cfg.recipe if cfg is not None else "defaults"
+    stages = list(cfg.stages) if cfg is not None else []
+    rows = describe_fields()
+    if full:
+        title = f"Every key, with the values of recipe={recipe} (configs/recipe, configs/cluster, your overrides):"
+        shown = rows
+    else:
+        keep = {"cluster", *stages}
+        shown = [r for r in rows if "." not in r[0] or r[0].split(".", 1)[0] in keep]
+        title = (f"Keys of the sections recipe={recipe} uses (settings, cluster, {', '.join(stages) or 'its stages'}), "
+                 f"with its values; --help-all lists every section ({len(rows)} keys):")
+    lines = [head, *([note.strip()] if note else []), "", title]
+    for key, default, doc in shown:
+        value = _value_of(cfg, key) if cfg is not None else default
+        if full:
+            lines.append(f"  {key} = {value}\n      {doc}")
+        else:
+            lines.append(f"  {key} = {value}    # {_first_sentence(doc)}")
+    return "\n".join(lines)
+
+
+def _first_sentence(doc: str, limit: int = 100) -> str:
+    text = _SENTENCE_END.split(doc, maxsplit=1)[0].rstrip(".")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _value_of(cfg: Any, key: str) -> str:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part, None)
+    return _show(value)
+
+
+def _show(value: Any) -> str:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        defaults = type(value)()
+        shown = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)
+                 if getattr(value, f.name) != getattr(defaults, f.name)}
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in shown.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return repr(value)

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,7 +29,7 @@ import ain.data.ingest as ingest
 from ain.atomic import iter_jsonl
 from ain.config import RunConfig
 from ain.data.config import IngestConfig, IngestSource
-from ain.data.readers import SourceError
+from ain.data.readers import SourceError, compression_of
 from ain.rundir import RunDir
 from ain.stages import TaskContext
 
@@ -216,17 +217,22 @@ def test_fuzz_jsonl_every_line_is_a_sample_or_a_quarantine_record(data):
     try:
         (tmp / "good.png").write_bytes(png())
         (tmp / "rows.jsonl").write_bytes(blob)
-        nonblank = [raw for raw in blob.split(b"\n") if raw.strip()]
+        lines = re.split(rb"\r\n|\r|\n", blob)[:-1]        # JSON Lines may end a line with \n, \r\n or \r
+        nonblank = [raw for raw in lines if raw.strip()]
         if not nonblank:
+            return
+        if compression_of(tmp / "rows.jsonl") is not None:  # random bytes that open like gzip/zip/...:
+            with pytest.raises(SourceError, match="rows.jsonl"):  # read as such or refused, naming the file
+                run_ingest(tmp / "run", tmp / "rows.jsonl")
             return
         samples, quarantine, stats = run_ingest(tmp / "run", tmp / "rows.jsonl")
         FUZZ["inputs"] += 1
         FUZZ["rows"] += len(nonblank)
-        assert len(samples) + len(quarantine) == stats["items"] == len(nonblank)  # lines end at \n only
+        assert len(samples) + len(quarantine) == stats["items"] == len(nonblank)
         assert all(q["kind"] and q["reason"] for q in quarantine)
         assert len({s["id"] for s in samples}) == len(samples)
         rows_seen = sorted([q["row"] for q in quarantine] + [s["origin"]["row"] for s in samples])
-        assert rows_seen == [i for i, raw in enumerate(blob.split(b"\n")[:-1]) if raw.strip()]
+        assert rows_seen == [i for i, raw in enumerate(lines) if raw.strip()]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

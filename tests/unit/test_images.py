@@ -113,12 +113,19 @@ def test_dotdot_escape_refused(store, tmp_path):
     refused(store, "sub/../../secret.png", "image_escape", "image path escapes image_root", root)
 
 
-def test_absolute_path_and_file_url_allowed(store, tmp_path):
+def test_absolute_path_and_file_url_allowed_inside_the_roots(store, tmp_path):
+    # Was: an absolute path or file:// URL anywhere was read (issue: containment only covered
+    # relative paths). Now they are read when their real path is under the source's root or
+    # ingest.image_roots, and refused otherwise (tests/unit/test_hostile_inputs.py).
     path = tmp_path / "elsewhere" / "b c.png"
     path.parent.mkdir()
     path.write_bytes(png("yellow"))
-    name = store.add(str(path), tmp_path / "unrelated")
-    assert store.add(path.as_uri(), tmp_path / "unrelated") == name  # file:///.../b%20c.png
+    name = store.add(str(path), tmp_path / "elsewhere")
+    assert store.add(path.as_uri(), tmp_path / "elsewhere") == name  # file:///.../b%20c.png
+    refused(store, str(path), "image_escape", "image path escapes image_root", tmp_path / "unrelated")
+    refused(store, path.as_uri(), "image_escape", "image path escapes image_root", tmp_path / "unrelated")
+    extra = ImageStore(tmp_path / "store", max_bytes=1 << 20, image_roots=[tmp_path / "elsewhere"])
+    assert extra.add(str(path), tmp_path / "unrelated") == name
 
 
 def test_remote_urls_quarantined(store):

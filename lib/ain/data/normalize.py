@@ -8,6 +8,25 @@ Layouts (style=auto picks by key):
     sharegpt  {"messages": [{"role", "content": str | [{"type": "text", "text"}, {"type": "image"}]}],
                "images": [...]}
 
+Image placeholders, the same rule for every layout: the only placeholder is the exact text
+"<image>" (an OpenAI-style {"type": "image"} part becomes one), and it may appear only in user
+turns: an image in an assistant turn would put training's loss on vision tokens, one in a system
+turn is not how any of these layouts places images (misplaced_image). Text that looks like a
+placeholder but is not one ("<Image>", "<IMAGE>", "< image >", "<image/>", "</image>") is refused
+(bad_placeholder) instead of being kept as text next to a placeholder added for the same image, and
+so are Qwen's chat control tokens ("<|im_end|>", "<|image_pad|>", ...: special_token), which the
+tokenizer would read as structure, not text. What differs per layout is only a missing placeholder:
+
+    llava     rows with images and no placeholder get one per image at the start of the first
+              user turn (LLaVA's own preprocessing moves the image there); otherwise the count
+              must equal the images.
+    sharegpt  the count must equal the images (LLaMA-Factory refuses a mismatch, so does this).
+    native    the count must equal the images (this project's own layout: nothing is guessed).
+
+A turn is empty when nothing visible is left after removing whitespace and invisible characters
+(zero-width spaces and joiners, direction marks, BOMs, soft hyphens, variation selectors, Hangul
+fillers, ...): empty_turn. A turn over ingest.max_turn_chars is turn_too_long.
+
 Checks are ordered cheap first and images last, so a row with a broken conversation never
 costs an image decode or a write to the store. Turn numbers in reasons are 1-based, as a person
 counts them in the quarantine file.
@@ -15,6 +34,8 @@ counts them in the quarantine file.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Any, Callable
 
 from ain.data.config import IngestSource
@@ -26,6 +47,17 @@ AddImages = Callable[[list[Any]], list[str]]
 LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user",
                "assistant": "assistant"}
 ARABIC_SHARE = 0.3  # above this share of Arabic-script letters a text is Arabic
+DEFAULT_MAX_TURN_CHARS = 100_000
+PLACEHOLDER_ROLES = ("user",)
+# Anything a person or a tool may have meant as an image placeholder; only IMAGE_TOKEN is one.
+_PLACEHOLDER_LIKE = re.compile(r"<\s*/?\s*image\s*/?\s*>", re.IGNORECASE)
+# Qwen2-VL's chat-structure and vision tokens: in text they would be read as structure.
+_SPECIAL_TOKEN = re.compile(r"<\|(?:im_start|im_end|endoftext|vision_start|vision_end|vision_pad|image_pad|"
+                            r"video_pad)\|>")
+_INVISIBLE_CATEGORIES = {"Cc", "Cf", "Zs", "Zl", "Zp"}
+# Invisible although their category says otherwise (letters, marks, symbols that render as blank).
+_INVISIBLE_EXTRA = {0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0x2800, 0x3164, 0xFFA0,
+                    *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)}
 
 
 def detect_style(row: dict[str, Any]) -> str:
@@ -37,17 +69,19 @@ def detect_style(row: dict[str, Any]) -> str:
 
 
 def normalize_row(row: Any, *, src: IngestSource, source: str, file: str, row_index: int,
-                  add_images: AddImages) -> Sample:
+                  add_images: AddImages, max_turn_chars: int = DEFAULT_MAX_TURN_CHARS) -> Sample:
     if not isinstance(row, dict):
         raise BadRow(f"row is {_type(row)}, expected an object", "wrong_type")
     style = src.style if src.style != "auto" else detect_style(row)
     if style == "native":
-        turns, specs = _turns(row, "turns", "role", "content", None), _image_list(row, "images")
+        turns = _turns(row, "turns", "role", "content", None, max_turn_chars)
+        specs = _image_list(row, "images")
     elif style == "llava":
-        turns = _turns(row, "conversations", "from", "value", LLAVA_ROLES)
+        turns = _turns(row, "conversations", "from", "value", LLAVA_ROLES, max_turn_chars)
         specs = _image_list(row, "images" if "images" in row else "image")
     elif style == "sharegpt":
-        turns, specs = _turns(row, "messages", "role", "content", None), _image_list(row, "images")
+        turns = _turns(row, "messages", "role", "content", None, max_turn_chars)
+        specs = _image_list(row, "images")
     else:
         raise BadRow(f"unknown style {style!r}", "unknown_style")
 
@@ -56,7 +90,8 @@ def normalize_row(row: Any, *, src: IngestSource, source: str, file: str, row_in
         raise BadRow("no assistant turn", "no_assistant")
     if "user" not in roles:
         raise BadRow("no user turn", "no_user")
-    _place_images(turns, len(specs))
+    _check_placeholders(turns)
+    _place_images(turns, len(specs), style)
 
     sample = Sample(
         id=f"{source}-{row_index}", images=[], turns=turns,
@@ -74,8 +109,22 @@ def _type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def is_invisible(c: str) -> bool:
+    return unicodedata.category(c) in _INVISIBLE_CATEGORIES or ord(c) in _INVISIBLE_EXTRA
+
+
+def _empty_reason(content: str) -> str | None:
+    """Why `content` is empty to a reader, or None when something visible is in it."""
+    if not content.strip():
+        return "empty content"
+    if all(map(is_invisible, content)):
+        shown = sorted({f"U+{ord(c):04X} {unicodedata.name(c, '?')}" for c in content if not c.isspace()})
+        return f"empty content after removing invisible characters ({', '.join(shown[:4])})"
+    return None
+
+
 def _turns(row: dict[str, Any], key: str, role_key: str, content_key: str,
-           role_map: dict[str, str] | None) -> list[dict[str, str]]:
+           role_map: dict[str, str] | None, max_turn_chars: int = DEFAULT_MAX_TURN_CHARS) -> list[dict[str, str]]:
     if key not in row:
         raise BadRow(f"missing field {key!r}", "missing_field")
     raw = row[key]
@@ -99,8 +148,12 @@ def _turns(row: dict[str, Any], key: str, role_key: str, content_key: str,
             content = _join_parts(content, i)
         if not isinstance(content, str):
             raise BadRow(f"turn {i}: content is {_type(content)}, expected string", "wrong_type")
-        if not content.strip():
-            raise BadRow(f"turn {i}: empty content", "empty_turn")
+        if len(content) > max_turn_chars:
+            raise BadRow(f"turn {i}: {len(content)} characters, over ingest.max_turn_chars={max_turn_chars}",
+                         "turn_too_long")
+        empty = _empty_reason(content)
+        if empty:
+            raise BadRow(f"turn {i}: {empty}", "empty_turn")
         turns.append({"role": allowed[role.strip().lower()], "content": content})
     return turns
 
@@ -134,15 +187,37 @@ def _image_list(row: dict[str, Any], key: str) -> list[Any]:
     raise BadRow(f"{key} is {_type(value)}, expected a path, a list of paths or image data", "wrong_type")
 
 
-def _place_images(turns: list[dict[str, str]], n_images: int) -> None:
-    """One <image> per image. Rows with images but no placeholder (common in LLaVA-derived
-    data) get them at the start of the first user turn, where LLaVA puts them."""
+def _check_placeholders(turns: list[dict[str, str]]) -> None:
+    """The placeholder rules every layout shares (module docstring)."""
+    for i, turn in enumerate(turns, 1):
+        content = turn["content"]
+        if "<" not in content:
+            continue
+        for m in _PLACEHOLDER_LIKE.finditer(content):
+            if m.group() != IMAGE_TOKEN:
+                raise BadRow(f"turn {i}: {m.group()!r} looks like an image placeholder, but only {IMAGE_TOKEN!r} "
+                             "is one; write it exactly, or it would stay text beside the image", "bad_placeholder")
+        special = _SPECIAL_TOKEN.search(content)
+        if special:
+            raise BadRow(f"turn {i}: {special.group()!r} is one of Qwen2-VL's control tokens; in text the "
+                         "tokenizer would read it as chat structure", "special_token")
+        if IMAGE_TOKEN in content and turn["role"] not in PLACEHOLDER_ROLES:
+            raise BadRow(f"turn {i} ({turn['role']}): {IMAGE_TOKEN} outside a user turn; images belong to user "
+                         "turns (in an answer, training would put its loss on the vision tokens)", "misplaced_image")
+
+
+def _place_images(turns: list[dict[str, str]], n_images: int, style: str = "llava") -> None:
+    """One <image> per image. LLaVA rows with images but no placeholder (common in
+    LLaVA-derived data) get them at the start of the first user turn, where LLaVA puts them;
+    the other layouts must give one placeholder per image."""
     placeholders = sum(t["content"].count(IMAGE_TOKEN) for t in turns)
-    if n_images and not placeholders:
+    if n_images and not placeholders and style == "llava":
         first_user = next(t for t in turns if t["role"] == "user")
         first_user["content"] = (IMAGE_TOKEN + "\n") * n_images + first_user["content"]
     elif placeholders != n_images:
-        raise BadRow(f"{placeholders} {IMAGE_TOKEN} placeholder(s) in the text for {n_images} image(s)",
+        hint = "" if style == "llava" or placeholders else \
+            f" ({style} rows need one {IMAGE_TOKEN} per image; only llava rows get missing ones added)"
+        raise BadRow(f"{placeholders} {IMAGE_TOKEN} placeholder(s) in the text for {n_images} image(s){hint}",
                      "image_mismatch")
 
 

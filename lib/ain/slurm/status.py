@@ -4,6 +4,11 @@ Per stage: tasks done / running / pending / failed / lost, job ids, throughput (
 second of task time, from the markers) and an ETA. A task is *failed* when it has a failure
 record and is not active; *lost* when it was submitted but has no marker, no failure record and
 is not in the queue (killed by the node, OOM, cancelled): both are resubmitted by a re-launch.
+
+Per source: a stage whose done markers carry "sources" ({name: {"file", "rows", "samples", ...,
+"kinds": {kind: n}}}, e.g. ingest) gets those added up over its finished tasks, shown as a table,
+and a warning for every source that gave no sample once the stage is done (a whole source lost
+to a format or encoding problem must not hide behind a green stage).
 """
 
 from __future__ import annotations
@@ -47,6 +52,14 @@ class StageStatus:
     problems: list[TaskProblem] = field(default_factory=list)
     progress: dict[str, Any] | None = None   # spec.progress hook: training step, loss, rates, ETA
     code: str | None = None   # digest of the code snapshot its latest Slurm submission runs (run/code/<digest>)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # per input source, over done tasks
+
+    @property
+    def empty_sources(self) -> list[str]:
+        """Sources that gave no sample, once every task is done."""
+        if self.done < self.num_tasks:
+            return []
+        return [name for name, s in self.sources.items() if not s.get("samples")]
 
     @property
     def throughput(self) -> float | None:
@@ -111,6 +124,7 @@ def collect(run: RunDir, use_queue: bool = True, tail_lines: int = 15) -> list[S
         done = paths.done_indices()
         for index in sorted(done):
             m = paths.read_marker(index) or {}
+            add_sources(s.sources, m.get("sources"))
             s.items += int(m.get("items", 0) or 0)
             s.task_seconds += float(m.get("seconds", 0.0) or 0.0)
             if m.get("start"):
@@ -148,6 +162,30 @@ def collect(run: RunDir, use_queue: bool = True, tail_lines: int = 15) -> list[S
     return out
 
 
+def add_sources(total: dict[str, dict[str, Any]], part: Any) -> None:
+    """Add one marker's per-source counts to `total` (numbers summed, "kinds" merged)."""
+    if not isinstance(part, dict):
+        return
+    for name, entry in part.items():
+        if not isinstance(entry, dict):
+            continue
+        acc = total.setdefault(name, {"kinds": {}})
+        for key, value in entry.items():
+            if key == "kinds" and isinstance(value, dict):
+                for kind, n in value.items():
+                    acc["kinds"][kind] = acc["kinds"].get(kind, 0) + int(n or 0)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                acc[key] = acc.get(key, 0) + value
+            else:
+                acc.setdefault(key, value)
+
+
+def _top_kinds(kinds: dict[str, int], n: int = 3) -> str:
+    top = sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{k} {v}" for k, v in top[:n])
+    return text + (f", +{len(top) - n} more" if len(top) > n else "")
+
+
 def _fmt_seconds(s: float | None) -> str:
     if s is None:
         return "?"
@@ -178,6 +216,24 @@ def render(run: RunDir, statuses: list[StageStatus]) -> Any:
     elif by_code:  # re-launched after an edit: queued jobs keep the code they were submitted with
         parts.append(Text("code: stages run different snapshots: " + "; ".join(
             f"{digest}: {', '.join(names)}" for digest, names in by_code.items()), style="yellow"))
+    for s in statuses:
+        if not s.sources:
+            continue
+        src_table = Table(title=f"{s.name}: per source ({s.done}/{s.num_tasks} tasks done)")
+        for col in ("source", "rows", "samples", "quarantined", "unreadable", "top reasons", "file"):
+            src_table.add_column(col, justify="right" if col in ("rows", "samples", "quarantined", "unreadable")
+                                 else "left")
+        for name, e in s.sources.items():
+            src_table.add_row(name, str(e.get("rows", 0)), str(e.get("samples", 0)), str(e.get("quarantined", 0)),
+                              str(e.get("unreadable", 0)), _top_kinds(e.get("kinds", {})) or "-", str(e.get("file", "")),
+                              style="yellow" if name in s.empty_sources else None)
+        parts.append(src_table)
+        for name in s.empty_sources:
+            e = s.sources[name]
+            parts.append(Text(f"warning: {s.name}: source {name} ({e.get('file', '?')}) gave no sample from its "
+                              f"{e.get('rows', 0)} rows" + (f" (quarantined: {_top_kinds(e.get('kinds', {}))})"
+                                                            if e.get("kinds") else "")
+                              + "; see its quarantine records", style="bold yellow"))
     for s in statuses:
         t = s.progress
         if t:

@@ -1,72 +1,135 @@
 #!/usr/bin/env python
-"""Padding removed by sequence packing, on the smoke pipeline's packed shards.
+"""How full sequence packing makes the rows: the old look-ahead best fit, training's buffered
+best-fit decreasing, and the whole-set ceiling, on two length distributions, in one run.
 
-    python bench/packing_efficiency.py <run_dir>/stages/pack/out [--model .cache/tiny/judge]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/packing_efficiency.py [--n 20000] [--seed 0]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/packing_efficiency.py --shards <run_dir>/stages/pack/out
 
-Every sample of the shards is encoded exactly as training encodes it (chat template, images
-resized to the smoke recipe's pixel bounds, labels), giving its token count. Then, per layout:
+Synthetic streams (default), rows of --max-length 2,048 tokens:
+  - uniform:   --n lengths uniform in [200, 1500] (the issue's measurement)
+  - lognormal: --n lengths round(lognormal(median 500, sigma 0.8)) clipped to [16, 2048]: a long
+               tail (mean ~650 tokens, ~4% of samples at the 2,048 cap)
 
-  useful tokens / total tokens in the rows a step would process
-  - padded micro-batches of B samples in data order (the baseline: each padded to its longest)
-  - packed rows (ain.train.collate.pack_rows, best fit in a look-ahead window), counted as if each
-    row were padded to max_length (static shapes); as executed, packed rows carry no padding at
-    all (position ids and per-sample rope keep attention within each sample), so this is the
-    share of the row budget filled
+Per stream and algorithm: rows, fill = useful tokens / (rows x max_length), the fill without the
+stream's last 1% of rows (the end-of-stream flush), the most samples held at once, seconds.
+  - look-ahead best fit (ain.train.collate.pack_rows, the packer before): window 64 and 1,024
+  - buffered best-fit decreasing (collate.pack_stream, what StreamPacker does): window 256, 1,024
+    (train.packing_buffer's default) and 4,096
+  - best-fit decreasing over the whole stream (collate.best_fit_decreasing): the ceiling, holds
+    everything
 
-Prints a markdown table (for docs/PERFORMANCE.md).
+--shards: the lengths of a packed run's samples, encoded exactly as training encodes them (the
+tiny processor of the smoke recipe), in the manifest's order: one more table, and the padded
+micro-batch baseline (each batch padded to its longest sample).
+
+Prints markdown tables (for docs/PERFORMANCE.md, "Padding removed by sequence packing").
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import random
 import sys
+import time
 from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _ratio(fill: list[tuple[int, int]]) -> float:
-    return sum(u for u, _ in fill) / max(1, sum(t for _, t in fill))
+def uniform_lengths(n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randint(200, 1500) for _ in range(n)]
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("pack_out", type=Path)
-    p.add_argument("--model", default=str(ROOT / ".cache/tiny/judge"))
-    p.add_argument("--recipe", default="smoke")
-    args = p.parse_args()
+def lognormal_lengths(n: int, seed: int, max_length: int = 2048) -> list[int]:
+    rng = random.Random(seed)
+    return [min(max_length, max(16, round(rng.lognormvariate(math.log(500), 0.8)))) for _ in range(n)]
 
+
+def held_lookahead(n: int, buffer: int) -> int:
+    return min(n, buffer)
+
+
+def algorithms(max_length: int) -> list[tuple[str, Callable[[Sequence[int]], list[list[int]]], Callable[[int], int]]]:
+    from ain.train.collate import best_fit_decreasing, pack_rows, pack_stream
+
+    out = []
+    for b in (64, 1024):
+        out.append((f"look-ahead best fit, window {b:,} (before)",
+                    lambda ls, b=b: pack_rows(ls, max_length, b), lambda n, b=b: min(n, b)))
+    for b in (256, 1024, 4096):
+        note = " (train.packing_buffer default)" if b == 1024 else ""
+        out.append((f"buffered best-fit decreasing, window {b:,}{note}",
+                    lambda ls, b=b: pack_stream(ls, max_length, b), lambda n, b=b: min(n, b)))
+    out.append(("best-fit decreasing, whole stream (ceiling)",
+                lambda ls: best_fit_decreasing(ls, max_length), lambda n: n))
+    return out
+
+
+def table(name: str, lengths: list[int], max_length: int, note: Optional[str] = None) -> list[dict]:
+    n, useful = len(lengths), sum(lengths)
+    print(f"\n**{name}**: {n:,} samples, {min(lengths)}-{max(lengths)} tokens, mean {useful / n:,.0f}"
+          f"{'; ' + note if note else ''}\n")
+    print("| algorithm | rows | fill | fill without the last 1% of rows | samples held at most (bound) | seconds |")
+    print("|---|---|---|---|---|---|")
+    results = []
+    for label, pack, held in algorithms(max_length):
+        t0 = time.perf_counter()
+        rows = pack(lengths)
+        seconds = time.perf_counter() - t0
+        assert sorted(i for row in rows for i in row) == list(range(n)), label  # every sample once
+        assert all(sum(lengths[i] for i in row) <= max_length for row in rows), label
+        fill = useful / (len(rows) * max_length)
+        keep = rows[:max(1, len(rows) - len(rows) // 100)]
+        body = sum(lengths[i] for row in keep for i in row) / (len(keep) * max_length)
+        print(f"| {label} | {len(rows):,} | **{fill:.4f}** | {body:.4f} | {held(n):,} | {seconds:.2f} |")
+        results.append({"algorithm": label, "rows": len(rows), "fill": fill})
+    return results
+
+
+def shard_lengths(pack_out: Path, model: str, recipe: str) -> tuple[list[int], int, int]:
     from transformers import AutoProcessor
 
     from ain.config import load_config
     from ain.data.shards import image_members, iter_samples
-    from ain.train.collate import pack_rows, try_encode
+    from ain.train.collate import try_encode
 
-    cfg = load_config([f"recipe={args.recipe}", "cluster=local"], check_paths=False).train
-    processor = AutoProcessor.from_pretrained(args.model)
+    cfg = load_config([f"recipe={recipe}", "cluster=local"], check_paths=False).train
+    processor = AutoProcessor.from_pretrained(model)
     lengths, skipped = [], 0
-    for sample, images in iter_samples(args.pack_out):
-        order = [images[name] for name in image_members(sample)]
-        enc, _ = try_encode(processor, sample, order, cfg)
+    for sample, images in iter_samples(pack_out):
+        enc, _ = try_encode(processor, sample, [images[name] for name in image_members(sample)], cfg)
         if enc is None:
             skipped += 1
         else:
             lengths.append(enc.length)
-    n, useful = len(lengths), sum(lengths)
-    print(f"{n} samples encoded ({skipped} over max_length {cfg.max_length} or unusable); tokens per sample: "
-          f"min {min(lengths)}, mean {useful / n:.0f}, max {max(lengths)}\n")
-    print("| layout | rows | useful / total tokens | without the last (partial) row |\n|---|---|---|---|")
-    for b in (2, 4, 8):
-        batches = [lengths[i:i + b] for i in range(0, n, b)]
-        fill = [(sum(x), max(x) * len(x)) for x in batches]
-        print(f"| padded micro-batches of {b} (baseline) | {len(batches)} | {_ratio(fill):.3f} | {_ratio(fill[:-1]):.3f} |")
-    for max_length in sorted({cfg.max_length, 2048}):
-        for buffer in (1, cfg.packing_buffer, 64):
-            rows = pack_rows(lengths, max_length, buffer)
-            fill = [(sum(lengths[i] for i in row), max_length) for row in rows]
-            print(f"| packed to {max_length}, look-ahead {buffer} | {len(rows)} | {_ratio(fill):.3f} | "
-                  f"{_ratio(fill[:-1]):.3f} |")
-    print("| packed, as executed (no padding) | - | 1.000 | 1.000 |")
+    return lengths, skipped, cfg.max_length
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=20000, help="samples per synthetic stream")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--shards", type=Path, help="also: a pack stage's output, encoded as training does")
+    p.add_argument("--model", default=str(ROOT / ".cache/tiny/judge"), help="processor for --shards")
+    p.add_argument("--recipe", default="smoke", help="recipe whose train section --shards encodes with")
+    args = p.parse_args()
+
+    table(f"uniform [200, 1500], seed {args.seed}", uniform_lengths(args.n, args.seed), args.max_length)
+    table(f"lognormal (median 500, sigma 0.8) clipped to [16, {args.max_length}], seed {args.seed}",
+          lognormal_lengths(args.n, args.seed, args.max_length), args.max_length)
+    if args.shards:
+        lengths, skipped, max_length = shard_lengths(args.shards, args.model, args.recipe)
+        table(f"{args.shards} encoded with {args.model}", lengths, max_length,
+              f"{skipped} over max_length {max_length} or unusable; rows of {max_length}")
+        print("\n| padded micro-batches in data order (baseline) | batches | useful / total tokens |\n|---|---|---|")
+        for size in (2, 4, 8):
+            batches = [lengths[i:i + size] for i in range(0, len(lengths), size)]
+            total = sum(max(x) * len(x) for x in batches)
+            print(f"| of {size} | {len(batches)} | {sum(lengths) / total:.3f} |")
     return 0
 
 

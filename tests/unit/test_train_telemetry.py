@@ -64,6 +64,43 @@ def test_gpu_hours_estimate_configured_then_measured(chdir_root, tmp_path):
     assert est.samples == 1000 and est.tokens_per_gpu_s == 2000 and "measured" in est.describe()
 
 
+def test_estimate_prints_the_shape_and_keeps_the_global_batch_on_one_node_and_eight(chdir_root, tmp_path):
+    """recipe=ain's global batch is 64 packed rows on 8 x 8 GPUs (accum 1) and on 1 x 8 (accum 8);
+    the shape line says the unit (rows) and the schedule's steps."""
+    shapes = {}
+    for nodes, accum in ((8, 1), (1, 8)):
+        cfg = load_config(["recipe=ain", "cluster=slurm", f"train.resources.nodes={nodes}"], check_paths=False)
+        est = estimate_train(cfg, tmp_path)
+        text = est.describe()
+        assert est.schedule is not None and est.schedule.accum == accum and est.schedule.global_rows == 64
+        assert f"train shape: {nodes} node{'s' if nodes > 1 else ''} x 8 GPUs, micro 1 row x accum {accum} per rank " \
+               "-> global batch 64 packed rows of <= 2,048 tokens" in text
+        assert "the batch unit is rows, not samples" in text and "280.0 GPU-hours" in text
+        shapes[nodes] = est.schedule.total_steps
+    # 3.6M samples at 2048 x 0.99 / 700 = 2.897 samples per row = 1,242,900 rows; 64 rows per step on both
+    assert shapes[8] == shapes[1] == 19_420
+    with pytest.raises(ConfigError, match="train.global_batch_size"):
+        load_config(["recipe=ain", "cluster=slurm", "train.resources.nodes=3"], check_paths=False)
+
+
+def test_estimate_replays_the_manifest_lengths(chdir_root, tmp_path):
+    cfg = load_config(["recipe=ain", "cluster=slurm", "train.resources.nodes=1", "train.resources.tasks_per_node=2",
+                       "train.resources.gpus_per_node=2", "train.global_batch_size=2", "train.num_workers=0"],
+                      check_paths=False)
+    from ain.train.loop import length_spec
+
+    pack = tmp_path / "stages" / "pack" / "out"
+    pack.mkdir(parents=True)
+    # 400 samples of 1,000 tokens (2 per row) and 1 sample too long: 200 rows, 100 per rank, accum 1
+    entry = {"shard": "a.tar", "samples": 401, "sha256": "0", "lengths": [1000] * 400 + [4000],
+             "length_spec": length_spec(cfg.train)}
+    (pack / "manifest-000.jsonl").write_text(json.dumps(entry) + "\n")
+    est = estimate_train(cfg, tmp_path)
+    assert est.tokens == 400_000 and "pack manifest token lengths" in est.describe()
+    assert est.schedule.total_steps == 100 and est.schedule.samples_per_row == 2.0
+    assert "replayed for rank(s) [0] of 2" in est.describe() and "warmup 10 " in est.describe()
+
+
 def test_stage_selection(chdir_root):
     cfg = load_config(["recipe=ain", "cluster=slurm"], check_paths=False)
     assert select_stages(cfg) is None

@@ -10,7 +10,26 @@ Outputs of task i, in stages/pack/out/:
     shard-<i:03d>-<k:05d>.tar     closed at pack.target_shard_mb (10^6 bytes) or
                                   pack.max_samples_per_shard, whichever comes first
     manifest-<i:05d>.jsonl        one line per shard: shard, samples, bytes, sha256,
-                                  languages, domains, first_id, last_id
+                                  languages, domains, first_id, last_id, and when the run
+                                  trains: lengths, length_spec (below)
+
+Token lengths (what training's schedule replays, ain.train.loop.plan_schedule): when the recipe
+has a train stage, each manifest line also carries "lengths", one entry per sample in shard order:
+the number of tokens `ain.train.collate.try_encode` will give the sample (its row length), or
+null for a sample it will drop (image placeholders that do not match the images, an image PIL
+cannot open, no assistant turn); a length over train.max_length is recorded as is (training drops
+it). "length_spec" = {"model", "min_pixels", "max_pixels"} of train says what they were counted
+for. The count is exact without decoding any pixels (`TokenLengths`): the processor's own chat
+template renders the sample as training renders it, each image placeholder is expanded to the
+image's token count (counted as one token plus n - 1: the image token is a special token, split
+off before the text around it is tokenised), which the image processor computes from the size alone
+(`get_number_of_image_patches`, Qwen2-VL's smart_resize within [min_pixels, max_pixels], divided
+by merge_size^2: the method vLLM uses to place image tokens without the image), and the processor's
+tokenizer counts the result. The image size comes from the file header (PIL opens lazily). The
+pack stage cannot import the train component (import-linter), so this repeats, in a few lines,
+how collate turns turns into chat messages; tests/unit/test_packing_schedule.py checks the counts
+against try_encode. It needs train.model's processor files (tokenizer, chat template, image
+processor config; no weights) where pack runs, as the train stage does; ~0.25 ms per sample.
 
 Crash safety and resume: a shard is written to `<name>.partial` and renamed when complete
 (shards.ShardWriter); only then is its manifest line written and committed together with the
@@ -26,6 +45,7 @@ or tampering, and skipping would silently change the training set.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -35,8 +55,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from PIL import Image
+
 from ain.data.images import ImageStore
-from ain.data.schema import IMAGE_EXTENSIONS
+from ain.data.schema import IMAGE_EXTENSIONS, IMAGE_TOKEN
 from ain.data.shards import ShardWriter, check_key, shard_name
 from ain.stages import TaskContext
 
@@ -136,6 +158,70 @@ def clean_leftovers(out_dir: Path, index: int, committed_shards: int) -> list[st
     return removed
 
 
+class TokenLengths:
+    """Each sample's token count exactly as training encodes it, without decoding pixels (see the
+    module docstring). `model`, `min_pixels`, `max_pixels`: train's."""
+
+    def __init__(self, model: str, min_pixels: int, max_pixels: int) -> None:
+        from transformers import AutoProcessor  # noqa: PLC0415 (only in the pack job, and only when training follows)
+
+        self.processor = AutoProcessor.from_pretrained(model)
+        self.spec = {"model": model, "min_pixels": int(min_pixels), "max_pixels": int(max_pixels)}
+        self.image_token = getattr(self.processor, "image_token", "<|image_pad|>")
+        self.merge = int(self.processor.image_processor.merge_size) ** 2
+        bos = self.processor.tokenizer.bos_token
+        self.bos = bos if isinstance(bos, str) and bos else None
+
+    def image_tokens(self, width: int, height: int) -> int:
+        """Visual tokens of one image of this size (the processor's resize, then 2x2 merge)."""
+        patches = self.processor.image_processor.get_number_of_image_patches(
+            height, width, {"min_pixels": self.spec["min_pixels"], "max_pixels": self.spec["max_pixels"]})
+        return int(patches) // self.merge
+
+    def __call__(self, sample: dict[str, Any], images: list[bytes]) -> int | None:
+        turns = sample.get("turns") or []
+        if sum(str(t.get("content", "")).count(IMAGE_TOKEN) for t in turns) != len(images):
+            return None  # collate: image_count_mismatch
+        if not any(t.get("role") == "assistant" for t in turns):
+            return None  # collate: no_assistant_tokens
+        sizes = []
+        for data in images:
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    sizes.append(im.size)
+            except Exception:  # collate: bad_image (PIL raises many types)
+                return None
+        messages = []
+        for turn in turns:  # as ain.train.collate.sample_messages
+            parts: list[dict[str, Any]] = []
+            for k, text in enumerate(str(turn["content"]).split(IMAGE_TOKEN)):
+                if k:
+                    parts.append({"type": "image"})
+                if text:
+                    parts.append({"type": "text", "text": text})
+            messages.append({"role": turn["role"], "content": parts})
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        if not isinstance(text, str):
+            text = text[0]
+        if text.count(self.image_token) != len(sizes):
+            return None  # the template did not place one image token per image: training would fail too
+        # The processor expands each image token to the image's n tokens before tokenising; an image
+        # token is a special token, split off before the text around it is tokenised, so counting
+        # the text with one per image and adding n - 1 each is the same count, without
+        # tokenising hundreds of them.
+        add_special = not (self.bos and text.startswith(self.bos))  # as ProcessorMixin.apply_chat_template
+        ids = self.processor.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        return len(ids) + sum(self.image_tokens(w, h) - 1 for w, h in sizes)
+
+
+def token_lengths_for(ctx: TaskContext) -> TokenLengths | None:
+    """The counter for this run's training, or None when the recipe does not train."""
+    if "train" not in ctx.cfg.stages:
+        return None
+    t = ctx.cfg.train
+    return TokenLengths(t.model, t.min_pixels, t.max_pixels)
+
+
 def run_pack_task(ctx: TaskContext) -> dict[str, Any]:
     cfg = ctx.cfg.pack
     files = mix_files(ctx)
@@ -146,8 +232,10 @@ def run_pack_task(ctx: TaskContext) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     max_bytes = int(cfg.target_shard_mb * 1_000_000)
 
+    counter = token_lengths_for(ctx)
     out = ctx.resumable_outputs(manifest=f"manifest-{ctx.index:05d}.jsonl")
     writer: ShardWriter | None = None
+    lengths: list[int | None] = []
     publisher: _Publisher | None = None
     try:
         if out.counters.get("mix_rows", n) != n:
@@ -158,7 +246,7 @@ def run_pack_task(ctx: TaskContext) -> dict[str, Any]:
         if out.resumed_from or removed:
             ctx.log.info("pack task %d resumes after %d samples (%d shards); removed %s", ctx.index,
                          out.resumed_from, k, removed or "nothing")
-        publisher = _Publisher(ctx, out, n, stop - start)
+        publisher = _Publisher(ctx, out, n, stop - start, counter.spec if counter else None)
         position = out.position
         for sample in iter_slice(files, start + position, stop):
             check_key(sample.get("id"))
@@ -166,12 +254,14 @@ def run_pack_task(ctx: TaskContext) -> dict[str, Any]:
             if writer is None:
                 writer = ShardWriter(out_dir / shard_name(ctx.index, k))
             writer.add(sample, images)
+            if counter is not None:
+                lengths.append(counter(sample, images))
             position += 1
             if writer.size >= max_bytes or writer.samples >= cfg.max_samples_per_shard:
-                publisher.submit(writer, position)
-                writer, k = None, k + 1
+                publisher.submit(writer, position, lengths)
+                writer, k, lengths = None, k + 1, []
         if writer is not None:
-            publisher.submit(writer, position)
+            publisher.submit(writer, position, lengths)
             writer = None
         publisher.drain()
         if start + position != stop:
@@ -207,17 +297,19 @@ class _Publisher:
     touches the ResumableJsonl until `drain()` returns. An error here is re-raised in the
     main thread at its next `submit()` or at `drain()`."""
 
-    def __init__(self, ctx: TaskContext, out: Any, mix_rows: int, slice_rows: int) -> None:
+    def __init__(self, ctx: TaskContext, out: Any, mix_rows: int, slice_rows: int,
+                 length_spec: dict[str, Any] | None = None) -> None:
         self.ctx, self.out, self.mix_rows, self.slice_rows = ctx, out, mix_rows, slice_rows
+        self.length_spec = length_spec
         self.error: BaseException | None = None
-        self._queue: queue.Queue[tuple[ShardWriter, int] | None] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[tuple[ShardWriter, int, list[int | None]] | None] = queue.Queue(maxsize=1)
         self._t0 = self._last_log = time.time()
         self._thread = threading.Thread(target=self._run, name="shard-publisher", daemon=True)
         self._thread.start()
 
-    def submit(self, writer: ShardWriter, position: int) -> None:
+    def submit(self, writer: ShardWriter, position: int, lengths: list[int | None] | None = None) -> None:
         self._raise()
-        self._queue.put((writer, position))
+        self._queue.put((writer, position, list(lengths or [])))
 
     def drain(self) -> None:
         """Wait until every submitted shard is published; raise the publisher's error if any."""
@@ -235,12 +327,13 @@ class _Publisher:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            writer, position = item
+            writer, position, lengths = item
             if self.error is not None:
                 writer.discard()  # after a failure nothing more is listed
                 continue
             try:
-                _publish(self.out, writer, position, self.mix_rows)
+                _publish(self.out, writer, position, self.mix_rows, lengths if self.length_spec else None,
+                         self.length_spec)
             except BaseException as exc:  # handed to the main thread
                 self.error = exc
                 writer.discard()
@@ -251,10 +344,15 @@ class _Publisher:
                                   self.out.counters.get("bytes", 0) / 1e6 / max(self._last_log - self._t0, 1e-9))
 
 
-def _publish(out, writer: ShardWriter, position: int, mix_rows: int) -> None:
+def _publish(out, writer: ShardWriter, position: int, mix_rows: int, lengths: list[int | None] | None = None,
+             length_spec: dict[str, Any] | None = None) -> None:
     """Rename the finished shard, then list it and commit: the order that makes a crash at any
     point leave either an unlisted file (removed on restart) or a listed, complete shard."""
     entry = writer.close()
+    if lengths is not None:
+        if len(lengths) != entry["samples"]:
+            raise RuntimeError(f"{entry['shard']}: {len(lengths)} token lengths for {entry['samples']} samples")
+        entry["lengths"], entry["length_spec"] = lengths, length_spec
     out.write("manifest", entry)
     out.count("shards")
     out.count("items", entry["samples"])

@@ -4,7 +4,7 @@ Pipeline for one training row (see /work/shared/ENVIRONMENT.md, "Sequence packin
 
     enc = encode_sample(processor, sample, image_bytes, cfg, skipped=counter)   # or None (counted)
     pos = rope_positions(model, enc)                                            # (3, L), sample alone
-    rows = pack_rows([e.length for e in encs], cfg.max_length, cfg.packing_buffer)
+    rows = pack_stream([e.length for e in encs], cfg.max_length, cfg.packing_buffer)
     batch = collate_packed([encs[i] for i in row], [poss[i] for i in row])
     loss = model(**batch).loss          # batch carries attention_mask=None and use_cache=False
 
@@ -23,9 +23,10 @@ import io
 from bisect import bisect_left, bisect_right, insort
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the packing functions below are pure Python
+    import torch  # (the dry run's schedule replays them on the login node)
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN = "<image>"  # ain.data.schema.IMAGE_TOKEN
@@ -149,6 +150,8 @@ def try_encode(processor, sample: dict, images: Sequence[Any], cfg) -> tuple[Opt
         return None, exc.reason
     if pil:
         set_image_size(processor, cfg.min_pixels, cfg.max_pixels)
+    import torch
+
     enc = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt",
                                         add_generation_prompt=False)
     ids = enc["input_ids"][0].long()
@@ -211,6 +214,8 @@ def rope_positions(model, encoded: EncodedSample) -> torch.Tensor:
     """(3, L) M-RoPE positions of this sample alone, from `model.model.get_rope_index`.
     `model`: a Qwen2VLForConditionalGeneration, its inner Qwen2VLModel, or a Qwen2VLConfig
     (same result, no weights needed). Text-only samples: 0..L-1 on all three rows."""
+    import torch
+
     if encoded.image_grid_thw is None:
         return torch.arange(encoded.length, dtype=torch.long).expand(3, -1).clone()
     owner = _rope_owner(model)
@@ -221,7 +226,7 @@ def rope_positions(model, encoded: EncodedSample) -> torch.Tensor:
     return pos[:, 0].long().cpu()
 
 
-# packing -----------------------------------------------------------------------------------------
+# packing: the previous look-ahead best fit (kept as the baseline the bench compares with) --------
 def pack_rows(lengths: Sequence[int], max_length: int, buffer: int) -> list[list[int]]:
     """Group sample indices into rows of at most `max_length` tokens.
 
@@ -282,6 +287,130 @@ def packing_efficiency(lengths: Sequence[int], max_length: int, buffer: int) -> 
     return sum(lengths) / (len(rows) * max_length)
 
 
+# buffered best-fit decreasing: what training uses ---------------------------------------------------
+# A stream is packed through a WINDOW of at most `buffer` samples (the only samples held):
+#
+#   1. fill the window from the stream up to `buffer` samples (dropped samples, length None or over
+#      max_length, are pulled and discarded);
+#   2. pack the whole window by best-fit decreasing (`best_fit_decreasing`);
+#   3. emit the rows that are full (at most `row_slack` tokens of room), the rows holding a sample
+#      that has waited `max_age` = 4 x buffer pulls, and, if that frees fewer than `min_free` =
+#      buffer // 4 samples (at least 1), the fullest of the other rows until it does; at the end of
+#      the stream every row. The rest stays in the window and is re-packed with the next samples.
+#   4. hand out the emitted rows (ordered by their first sample) before filling again, so the window
+#      plus the rows waiting to be handed out never hold more than `buffer` samples.
+#
+# Everything is a function of the window's lengths and ages (pulls since a sample was pulled), so the
+# same stream always gives the same rows, and a checkpoint that restores the window and the waiting
+# rows continues exactly (ain.train.loop.StreamPacker). The offline `pack_stream` and the training
+# loop's StreamPacker implement the same steps; tests/unit/test_packing_schedule.py and
+# test_train_loop.py check that they agree row for row.
+
+
+def row_slack(max_length: int) -> int:
+    """Room (tokens) a row may leave and still count as full: max_length // 512 (4 at 2,048)."""
+    return max(0, int(max_length) // 512)
+
+
+def max_age(buffer: int) -> int:
+    """Pulls a sample may wait in the window before its row is emitted whatever its fill."""
+    return 4 * max(1, int(buffer))
+
+
+def min_free(buffer: int) -> int:
+    """Samples an emission must free when the window is full (so the stream keeps moving)."""
+    return max(1, int(buffer) // 4)
+
+
+def best_fit_decreasing(lengths: Sequence[int], max_length: int) -> list[list[int]]:
+    """Rows (lists of positions into `lengths`, in placement order) by best-fit decreasing: the
+    longest sample first (ties: the earlier position), each into the open row with the least room
+    that still fits it (ties: the row opened first), else into a new row. Rows in the order opened.
+    Over a whole data set this is the ceiling the streaming packer is measured against."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rooms: list[tuple[int, int]] = []  # sorted (room left, row)
+    rows: list[list[int]] = []
+    for i in order:
+        length = lengths[i]
+        if length > max_length or length < 0:
+            raise ValueError(f"sample {i}: length {length} outside [0, {max_length}]")
+        p = bisect_left(rooms, (length, -1))
+        if p < len(rooms):
+            room, r = rooms.pop(p)
+        else:
+            room, r = max_length, len(rows)
+            rows.append([])
+        rows[r].append(i)
+        insort(rooms, (room - length, r))
+    return rows
+
+
+def window_rows(lengths: Sequence[int], ages: Sequence[int], max_length: int, buffer: int,
+                final: bool) -> list[list[int]]:
+    """The rows to emit from a window (step 3 above): lists of window positions, ascending within a
+    row, rows ordered by their first position. `lengths[i]`/`ages[i]`: window sample i, the window
+    in stream order; `final`: the stream has ended (emit everything)."""
+    rows = best_fit_decreasing(lengths, max_length)
+    if final:
+        chosen = list(range(len(rows)))
+    else:
+        room = [max_length - sum(lengths[i] for i in row) for row in rows]
+        slack, oldest = row_slack(max_length), max_age(buffer)
+        chosen = [k for k, row in enumerate(rows) if room[k] <= slack or any(ages[i] >= oldest for i in row)]
+        freed = sum(len(rows[k]) for k in chosen)
+        need = min(min_free(buffer), len(lengths))
+        if freed < need:
+            taken = set(chosen)
+            for k in sorted((k for k in range(len(rows)) if k not in taken), key=lambda k: (room[k], k)):
+                chosen.append(k)
+                freed += len(rows[k])
+                if freed >= need:
+                    break
+    return sorted((sorted(rows[k]) for k in chosen), key=lambda row: row[0])
+
+
+def pack_stream(lengths: Sequence[Optional[int]], max_length: int, buffer: int,
+                packing: bool = True) -> list[list[int]]:
+    """Rows (lists of indices into `lengths`) exactly as the training loop's StreamPacker forms them
+    from a stream of samples of these lengths, in stream order. None, or a length over max_length,
+    is a sample the encoder drops (it is pulled, so it counts towards ages, and never placed).
+    packing=False: one sample per row. Deterministic; every kept index appears once; no row over
+    max_length; indices ascending within a row."""
+    buffer = max(1, int(buffer)) if packing else 1
+    n = len(lengths)
+    window: list[int] = []  # indices of kept samples, stream order
+    nxt, exhausted = 0, False
+    rows: list[list[int]] = []
+    while True:
+        while len(window) < buffer and not exhausted:
+            if nxt >= n:
+                exhausted = True
+                break
+            length = lengths[nxt]
+            if length is not None and 0 <= length <= max_length:
+                window.append(nxt)
+            nxt += 1
+        if not window:
+            return rows
+        if not packing:
+            rows.append([window.pop(0)])
+            continue
+        emit = window_rows([lengths[i] for i in window], [nxt - i for i in window],  # type: ignore[misc]
+                           max_length, buffer, exhausted)
+        taken = set()
+        for row in emit:
+            rows.append([window[k] for k in row])
+            taken.update(row)
+        window = [i for k, i in enumerate(window) if k not in taken]
+
+
+def fill_ratio(lengths: Sequence[Optional[int]], rows: Sequence[Sequence[int]], max_length: int) -> float:
+    """Share of the rows' max_length token budget that real tokens fill."""
+    if not rows:
+        return 1.0
+    return sum(lengths[i] for row in rows for i in row) / (len(rows) * max_length)  # type: ignore[misc]
+
+
 # collation ---------------------------------------------------------------------------------------
 def collate_packed(encoded_samples: Sequence[EncodedSample], rope_positions_list: Sequence[torch.Tensor]
                    ) -> dict[str, Any]:
@@ -291,6 +420,8 @@ def collate_packed(encoded_samples: Sequence[EncodedSample], rope_positions_list
     per sample; rows 1-3: each sample's `rope_positions`), pixel_values/image_grid_thw concatenated
     in sample order (absent without images), attention_mask=None and use_cache=False: call
     `model(**batch)` as is (never add a 2D attention mask, never enable the cache)."""
+    import torch
+
     if not encoded_samples or len(encoded_samples) != len(rope_positions_list):
         raise ValueError("collate_packed needs one rope position tensor per sample, at least one sample")
     ids, labels, mm, text_pos, rope = [], [], [], [], []
@@ -321,6 +452,8 @@ def collate_packed(encoded_samples: Sequence[EncodedSample], rope_positions_list
 def collate_padded(encoded_samples: Sequence[EncodedSample], pad_token_id: int = 0) -> dict[str, Any]:
     """The naive baseline: one row per sample, right-padded to the longest, a normal 2D attention
     mask; the model computes the M-RoPE positions itself."""
+    import torch
+
     width = max(e.length for e in encoded_samples)
 
     def pad(t: torch.Tensor, value: int) -> torch.Tensor:

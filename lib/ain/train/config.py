@@ -20,8 +20,15 @@ class TrainConfig:
     """Hub id or local directory of the base model (Qwen2VLForConditionalGeneration + processor)."""
     attn_implementation: str = "sdpa"
     """sdpa, eager or flash_attention_2 (needs the gpu extra; the cluster recipe sets it)."""
-    freeze_vision: bool = False
-    """Keep the vision tower frozen (the report fine-tunes everything)."""
+    freeze_vision_tower: bool = True
+    """Keep the vision tower (visual.patch_embed, visual.blocks) frozen, as LLaMA-Factory's Qwen2-VL
+    full-SFT example does (hiyouga/LLaMA-Factory examples/train_full/qwen2vl_full_sft.yaml: both
+    freeze keys true in every version from dc65ecd, 2025-01-10, until the file became
+    qwen2_5vl_full_sft.yaml in aa9ed4d, 2025-05-06, e.g. f5cd178, the first with image_max_pixels
+    262144; FinetuningArguments defaults them to true as well)."""
+    freeze_multi_modal_projector: bool = True
+    """Keep the vision-language projector (visual.merger) frozen, as that example does
+    (freeze_multi_modal_projector: true). Both false: every parameter is trained."""
     bf16: bool = True
     """bf16 weights and compute (fp32 master weights in the optimizer)."""
     gradient_checkpointing: bool = True
@@ -34,14 +41,19 @@ class TrainConfig:
     """Tokens per training row (cutoff); longer samples are dropped and counted."""
     packing: bool = True
     """Pack several samples into one row (attention kept within each sample)."""
-    packing_buffer: int = 64
-    """Samples looked ahead when choosing the best-fitting one for the current row."""
+    packing_buffer: int = 1024
+    """Samples held for packing per rank (buffered best-fit decreasing over this window; the rows
+    waiting to be handed out count too). 1,024 fills 99.6% of the row budget on uniform
+    200-1,500-token samples (docs/PERFORMANCE.md); each held sample keeps its pixels in memory."""
     micro_batch_size: int = 1
-    """Rows per GPU per step."""
+    """Rows per GPU per micro-step (must be 1: a packed row is a batch of 1)."""
     grad_accum: int = 2
-    """Micro-steps per optimizer step."""
+    """Micro-steps per optimizer step; 0: derived, global_batch_size / (micro_batch_size x GPUs),
+    so the same recipe keeps its global batch on 1 node x 8 GPUs and on 8 x 8."""
     global_batch_size: int = 0
-    """Rows per optimizer step over all GPUs; 0: derived (micro x accum x world); else checked."""
+    """The global batch in PACKED ROWS (not samples) per optimizer step over all GPUs: each row
+    holds up to max_length tokens, several samples. 0: micro x accum x GPUs; with grad_accum 0
+    it sets grad_accum; otherwise it must equal micro x accum x GPUs."""
     lr: float = 1.0e-5
     """Peak learning rate (AdamW)."""
     weight_decay: float = 0.0
@@ -99,11 +111,36 @@ class TrainConfig:
         need(0 < self.min_pixels <= self.max_pixels, "train.min_pixels", "must be > 0 and <= train.max_pixels")
         if check_paths:
             need(model_exists_or_hub_id(self.model), "train.model", f"{self.model!r}: no such local directory")
-        world = self.resources.nodes * self.resources.tasks_per_node
-        expected = self.micro_batch_size * self.grad_accum * world
-        need(self.global_batch_size in (0, expected), "train.global_batch_size",
-             f"{self.global_batch_size} != micro {self.micro_batch_size} x accum {self.grad_accum} x world {world} "
-             f"= {expected}")
+        world = self.world_size
+        need(self.packing_buffer >= 1, "train.packing_buffer", "must be >= 1")
+        if self.grad_accum == 0:
+            per_step = self.micro_batch_size * world
+            need(self.global_batch_size > 0 and self.global_batch_size % per_step == 0, "train.global_batch_size",
+                 f"{self.global_batch_size} rows must be a positive multiple of micro {self.micro_batch_size} x "
+                 f"{world} GPUs = {per_step} when train.grad_accum is 0 (derived)")
+        else:
+            expected = self.micro_batch_size * self.grad_accum * world
+            need(self.grad_accum > 0, "train.grad_accum", "must be >= 0 (0: derived from train.global_batch_size)")
+            need(self.global_batch_size in (0, expected), "train.global_batch_size",
+                 f"{self.global_batch_size} != micro {self.micro_batch_size} x accum {self.grad_accum} x world {world} "
+                 f"= {expected}")
+
+    @property
+    def world_size(self) -> int:
+        """Ranks (one per GPU) of the configured topology: nodes x tasks_per_node."""
+        return self.resources.nodes * self.resources.tasks_per_node
+
+    def accum_for(self, world_size: int) -> int:
+        """Micro-steps per optimizer step on `world_size` ranks: grad_accum, or when it is 0,
+        global_batch_size / (micro_batch_size x world_size) (ValueError unless that divides)."""
+        if self.grad_accum:
+            return int(self.grad_accum)
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size <= 0 or self.global_batch_size % per_step:
+            raise ValueError(f"train.grad_accum=0 derives from train.global_batch_size={self.global_batch_size} "
+                             f"rows, which must be a positive multiple of micro {self.micro_batch_size} x "
+                             f"{world_size} ranks = {per_step}")
+        return self.global_batch_size // per_step
 
 
 @dataclass

@@ -9,26 +9,40 @@ would JIT-compile with g++), gloo; on GPU nccl (see /work/shared/ENVIRONMENT.md)
 
 Data path per rank: ShardDataset (this rank's share of the epoch, `cfg.num_workers` DataLoader
 workers, 0 = main process) -> transform `Encoder` (encode_sample + rope_positions, in the
-workers) -> `StreamPacker` in the main process (streaming version of `collate.pack_rows`: a
-look-ahead window of `cfg.packing_buffer` samples; one sample per row when cfg.packing is false)
--> `collate_packed` of each row (batch 1: train.micro_batch_size must be 1).
+workers) -> `StreamPacker` in the main process (buffered best-fit decreasing, the streaming form
+of `collate.pack_stream`: a window of at most `cfg.packing_buffer` samples, full rows emitted,
+leftovers carried; one sample per row when cfg.packing is false) -> `collate_packed` of each row
+(batch 1: train.micro_batch_size must be 1).
 
-Exact resume of the data (the approach chosen): the packer's window holds samples that the
-DataLoader has handed out (the StateTracker has moved past them) but that no trained row
-contains yet, and best-fit packing takes them out of order. A checkpoint therefore records, per
-rank, a REPLAY POINT instead of the tracker's current state:
+Schedule (`plan_schedule`): before training, every rank replays its own share of each epoch over
+the token lengths the pack stage recorded in the manifest (stream.rank_order: the order its
+DataLoader hands samples out; collate.pack_stream: the packer's rows) and the ranks all-reduce
+MIN of rows // accum per epoch, so the LR schedule's total_steps is the number of optimizer steps
+the loop takes (the cosine reaches 0 at the last step, warmup is warmup_ratio of the run). A
+manifest without usable lengths falls back to an estimate (logged). grad_accum 0 is derived from
+train.global_batch_size (rows) and the world size.
 
-    {"epoch", "tracker": StateTracker state just BEFORE the oldest sample still in the window
-     (the current state when the window is empty), "replay": how many items the DataLoader
+Exact resume of the data (the approach chosen): the packer holds samples that the DataLoader
+has handed out (the StateTracker has moved past them) but that no trained row contains yet (in
+its window, or in rows formed and not yet handed out), and it takes them out of order. A
+checkpoint therefore records, per rank, a REPLAY POINT instead of the tracker's current state:
+
+    {"epoch", "tracker": StateTracker state just BEFORE the oldest sample still held
+     (the current state when nothing is held), "replay": how many items the DataLoader
      handed out since that point, "pending": offsets (0-based, within those items) of the
-     samples still in the window, "pending_ids": their ids (checked on resume), counters}
+     samples still held, "pending_ids": their ids (checked on resume), "queued": the formed
+     rows not yet handed out (indices into pending), "tracker_now": the tracker's current
+     state, counters}
 
 On resume the dataset restarts from that tracker state (ShardDataset(resume=...) continues the
 item sequence exactly, workers included); of the first `replay` items only the pending offsets
-go back into the window (in their original order, so the window is identical), the others were
-trained on already (or were dropped by encode_sample and already counted) and are discarded.
-Packing is a deterministic function of the window, so the rows, hence the losses, continue
-exactly. Cost: re-reading/re-encoding at most one window's span of samples on resume.
+go back into the window and the queued rows (in their original order, so both are identical),
+the others were trained on already (or were dropped by encode_sample and already counted) and
+are discarded, unencoded: the dataset passes them through `Replayed` instead of the Encoder
+(`replay_until=tracker_now`, `replay_keep=pending_ids`). Packing is a deterministic function of
+the window (lengths and ages), so the rows, hence the losses, continue exactly. Cost: re-reading
+the span (a sample waits at most 4 x packing_buffer pulls before its row is emitted, so at most
+~5 x packing_buffer samples per rank) and re-encoding the at most packing_buffer pending ones.
 
 Checkpoints: at optimizer-step boundaries only, all ranks together: every cfg.save_every_steps,
 when `stop_flag()` is true on ANY rank (flags are all-reduced every step: a signal handler only
@@ -48,12 +62,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -79,7 +92,23 @@ class Encoder:
 
         enc, reason = try_encode(self.processor, sample, images, self.cfg)
         pos = rope_positions(self.model_config, enc) if enc is not None else None
+        if enc is not None and enc.pixel_values is not None and self.cfg.bf16:
+            import torch
+
+            # The vision tower casts its input to its own dtype (bf16 here) before the first
+            # layer, so this is exact; it halves what the packing window holds (~3 MB per
+            # 512x512 image instead of ~6 MB).
+            enc.pixel_values = enc.pixel_values.to(torch.bfloat16)
         return str(sample.get("id", "")), enc, pos, reason
+
+
+class Replayed:
+    """ShardDataset `replay_transform`: a sample of the resume replay that no longer sits in the
+    packing window (it was trained on before the checkpoint) is not encoded again; the packer
+    discards it by position."""
+
+    def __call__(self, sample: dict, images: list[bytes]):
+        return str(sample.get("id", "")), None, None, "replayed"
 
 
 @dataclass
@@ -93,95 +122,138 @@ class _Entry:
 
 @dataclass
 class PackerState:
+    """A StreamPacker's position, JSON-able via dataclasses.asdict (see the module docstring).
+    `queued`: the rows formed but not handed out yet, as indices into `pending` (absent from
+    checkpoints written before buffered best-fit decreasing: then every pending sample goes back
+    into the window); `tracker_now`: the tracker state at the save (lets the resumed DataLoader
+    skip encoding replayed samples that are not pending; None: encode them all)."""
+
     epoch: int
     tracker: dict
     replay: int = 0
     pending: list = field(default_factory=list)
     pending_ids: list = field(default_factory=list)
+    queued: list = field(default_factory=list)
+    tracker_now: Optional[dict] = None
 
 
 class StreamPacker:
     """Rows from a stream of (item, state) pairs; item = (id, payload-with-.length or None,
-    extra, skip reason). Same rows as `pack_rows(lengths, max_length, buffer)` over the kept
-    items (buffer 1 and packing=False differ: packing=False is one sample per row).
+    extra, skip reason). The rows are exactly `collate.pack_stream(lengths, max_length, buffer,
+    packing)` over the items' lengths (None for a dropped item): buffered best-fit decreasing
+    through a window of `buffer` samples (one sample per row when packing is false).
 
-    `tracker`: a StateTracker already at the stream's starting point; `replay`/`pending`: from a
-    saved `state()` (see the module docstring)."""
+    `tracker`: a StateTracker already at the stream's starting point; `replay`/`pending`/
+    `pending_ids`/`queued`: from a saved `state()` (see the module docstring); the replayed items
+    are pulled when the packer is made."""
 
     def __init__(self, items: Iterator, tracker, *, epoch: int, max_length: int, buffer: int,
                  packing: bool = True, replay: int = 0, pending: Optional[list] = None,
-                 pending_ids: Optional[list] = None, skipped: Optional[Counter] = None) -> None:
+                 pending_ids: Optional[list] = None, queued: Optional[list] = None,
+                 skipped: Optional[Counter] = None) -> None:
         self.items, self.tracker, self.epoch = items, tracker, epoch
-        self.max_length, self.buffer, self.packing = max_length, max(1, int(buffer)), packing
+        self.max_length, self.packing = max_length, packing
+        self.buffer = max(1, int(buffer)) if packing else 1
         self.replay = int(replay)
-        self.pending = dict(zip(pending or [], pending_ids or [None] * len(pending or [])))
         self.skipped = skipped if skipped is not None else Counter()
-        self.window: list[_Entry] = []
+        self.window: list[_Entry] = []  # stream order
+        self.queue: deque[list[_Entry]] = deque()  # rows formed, not handed out yet
         self.pulled = 0  # items handed out since the base
         self.exhausted = False
+        if self.replay:
+            self._restore(list(pending or []), list(pending_ids or [None] * len(pending or [])), queued or [])
 
-    def _pull(self) -> bool:
-        """Take one item from the stream into the window (or discard it). False at the end."""
+    def _pull(self) -> Optional[tuple]:
+        """The next item as (seq, id, payload, extra, reason, snapshot); None at the end."""
         try:
             item, state = next(self.items)
         except StopIteration:
             self.exhausted = True
-            if self.pulled < self.replay:
-                raise RuntimeError(f"data stream ended during the resume replay ({self.pulled} of "  # noqa: B904
-                                   f"{self.replay} items): the shards changed since the checkpoint")
-            return False
+            return None
         snapshot = self.tracker.state_dict()
         self.tracker.update(state)
         seq = self.pulled
         self.pulled += 1
         sid, payload, extra, reason = item
-        if seq < self.replay:  # resume replay: keep only what was still in the window
-            if seq not in self.pending:
-                return True
-            want = self.pending[seq]
+        return seq, sid, payload, extra, reason, snapshot
+
+    def _restore(self, pending: list, pending_ids: list, queued: list) -> None:
+        """Pull the `replay` items of the saved span: the pending ones become the window and the
+        waiting rows again, the others were trained on already (or dropped and counted) and go."""
+        where = {int(off): k for k, off in enumerate(pending)}
+        entries: list[Optional[_Entry]] = [None] * len(pending)
+        while self.pulled < self.replay:
+            got = self._pull()
+            if got is None:
+                raise RuntimeError(f"data stream ended during the resume replay ({self.pulled} of "
+                                   f"{self.replay} items): the shards changed since the checkpoint")
+            seq, sid, payload, extra, reason, snapshot = got
+            k = where.get(seq)
+            if k is None:
+                continue
+            want = pending_ids[k]
             if want is not None and want != sid:
                 raise RuntimeError(f"resume replay: item {seq} is {sid!r}, the checkpoint says {want!r}")
             if payload is None:
                 raise RuntimeError(f"resume replay: buffered sample {sid!r} no longer encodes ({reason})")
-        elif payload is None:
-            self.skipped[reason or "unknown"] += 1
-            return True
-        self.window.append(_Entry(seq, sid, int(payload.length), (payload, extra), snapshot))
-        return True
+            entries[k] = _Entry(seq, sid, int(payload.length), (payload, extra), snapshot)
+        if any(e is None for e in entries):
+            raise RuntimeError(f"resume replay: pending offsets {pending} are not all within the "
+                               f"{self.replay} replayed items")
+        in_rows = set()
+        for row in queued:
+            self.queue.append([entries[k] for k in row])  # type: ignore[misc]
+            in_rows.update(row)
+        self.window = sorted((e for k, e in enumerate(entries) if k not in in_rows),  # type: ignore[misc]
+                             key=lambda e: e.seq)
 
     def _fill(self) -> None:
         while len(self.window) < self.buffer and not self.exhausted:
-            self._pull()
+            got = self._pull()
+            if got is None:
+                break
+            seq, sid, payload, extra, reason, snapshot = got
+            if payload is None:
+                self.skipped[reason or "unknown"] += 1
+                continue
+            self.window.append(_Entry(seq, sid, int(payload.length), (payload, extra), snapshot))
 
     def next_row(self) -> Optional[list[_Entry]]:
         """The next row's entries (ordered as in the stream), or None when the stream is done."""
+        from ain.train.collate import window_rows
+
+        if self.queue:
+            return self.queue.popleft()
         self._fill()
         if not self.window:
             return None
-        first = self.window.pop(0)
-        row, room = [first], self.max_length - first.length
-        while self.packing:
-            self._fill()
-            best = -1
-            for k, e in enumerate(self.window):
-                if e.length <= room and (best < 0 or e.length > self.window[best].length):
-                    best = k
-            if best < 0:
-                break
-            e = self.window.pop(best)
-            row.append(e)
-            room -= e.length
-        row.sort(key=lambda e: e.seq)
-        return row
+        if not self.packing:
+            return [self.window.pop(0)]
+        emit = window_rows([e.length for e in self.window], [self.pulled - e.seq for e in self.window],
+                           self.max_length, self.buffer, self.exhausted)
+        taken = set()
+        for row in emit:
+            self.queue.append([self.window[k] for k in row])
+            taken.update(row)
+        self.window = [e for k, e in enumerate(self.window) if k not in taken]
+        return self.queue.popleft()
+
+    @property
+    def held(self) -> int:
+        """Samples held: the window plus the rows waiting to be handed out (<= buffer)."""
+        return len(self.window) + sum(len(row) for row in self.queue)
 
     def state(self) -> PackerState:
         """Replay point of the current position (JSON-able via dataclasses.asdict)."""
-        if not self.window:
-            return PackerState(self.epoch, self.tracker.state_dict())
-        base = self.window[0]  # the window is in stream order: its first entry is the oldest
+        held = sorted(self.window + [e for row in self.queue for e in row], key=lambda e: e.seq)
+        now = self.tracker.state_dict()
+        if not held:
+            return PackerState(self.epoch, now)
+        base = held[0]
+        index = {id(e): k for k, e in enumerate(held)}
         return PackerState(self.epoch, base.snapshot, replay=self.pulled - base.seq,
-                           pending=[e.seq - base.seq for e in self.window],
-                           pending_ids=[e.sid for e in self.window])
+                           pending=[e.seq - base.seq for e in held], pending_ids=[e.sid for e in held],
+                           queued=[[index[id(e)] for e in row] for row in self.queue], tracker_now=now)
 
 
 # ------------------------------------------------------------------------------ distributed
@@ -250,13 +322,115 @@ def prune_checkpoints(out_dir: Path, keep: int, current: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def estimate_total_steps(manifest: list[dict], cfg: TrainConfig, world_size: int) -> int:
-    """Optimizer steps for the scheduler when max_steps is not given: samples x epochs / world /
-    accum, divided by an assumed 2 samples per packed row when packing (the real row count is
-    only known after tokenising; the loop runs until the data ends either way)."""
-    samples = sum(int(e["samples"]) for e in manifest) * max(1, cfg.epochs)
-    rows = samples / (2.0 if cfg.packing else 1.0)
-    return max(1, math.ceil(rows / world_size / (cfg.grad_accum * cfg.micro_batch_size)))
+# ------------------------------------------------------------------------------ schedule
+ASSUMED_FILL = 0.99  # share of a row's tokens packing fills (docs/PERFORMANCE.md), for estimates only
+
+
+def length_spec(cfg: TrainConfig) -> dict:
+    """What a sample's token count depends on besides the sample: the pack stage records it beside
+    the lengths (ain.data.pack, manifest key "length_spec") and the schedule uses the lengths only
+    when it matches."""
+    return {"model": cfg.model, "min_pixels": int(cfg.min_pixels), "max_pixels": int(cfg.max_pixels)}
+
+
+def manifest_lengths(manifest: list[dict], cfg: TrainConfig) -> tuple[Optional[list[list]], str]:
+    """(per manifest entry, each sample's token count or None for a sample the encoder drops;
+    why not, when the manifest cannot say)."""
+    out = []
+    for e in manifest:
+        lengths = e.get("lengths")
+        if lengths is None:
+            return None, f"shard {e.get('shard')} has no token lengths (packed without the train stage?)"
+        if len(lengths) != int(e["samples"]):
+            return None, f"shard {e.get('shard')}: {len(lengths)} lengths for {e['samples']} samples"
+        if e.get("length_spec") != length_spec(cfg):
+            return None, (f"shard {e.get('shard')}: lengths counted for {e.get('length_spec')}, training uses "
+                          f"{length_spec(cfg)}")
+        out.append(lengths)
+    return out, ""
+
+
+def rank_rows(manifest: list[dict], lengths: list[list], cfg: TrainConfig, *, rank: int, world_size: int,
+              seed: int, epoch: int) -> list[int]:
+    """Samples per packed row, in order, of rank `rank` in `epoch`: its samples in the order its
+    DataLoader hands them out (stream.rank_order), packed exactly as StreamPacker packs them
+    (collate.pack_stream)."""
+    from ain.train.collate import pack_stream
+    from ain.train.stream import rank_order
+
+    order = rank_order(manifest, rank, world_size, cfg.num_workers, seed, epoch)
+    rows = pack_stream([lengths[i][k] for i, k in order], cfg.max_length, cfg.packing_buffer, cfg.packing)
+    return [len(row) for row in rows]
+
+
+@dataclass
+class Schedule:
+    """Optimizer steps of a run, before it starts. exact: replayed from the pack manifest's token
+    lengths (`steps_per_epoch[e]` = min over ranks of rows // accum: ranks move to the next epoch
+    together); else estimated from train.tokens_per_sample at ASSUMED_FILL."""
+
+    total_steps: int
+    steps_per_epoch: list[int]
+    rows: int  # packed rows trained on, all ranks, all epochs
+    samples: int  # samples in those rows (exact) or expected
+    accum: int
+    world_size: int
+    exact: bool
+    source: str
+
+    @property
+    def global_rows(self) -> int:
+        return self.accum * self.world_size  # micro_batch_size is 1
+
+    @property
+    def samples_per_row(self) -> float:
+        return self.samples / max(1, self.rows)
+
+
+def estimated_schedule(samples: int, cfg: TrainConfig, world_size: int, why: str) -> Schedule:
+    """Steps from a sample count and train.tokens_per_sample when there are no lengths to replay."""
+    accum = cfg.accum_for(world_size)
+    per_row = max(1.0, cfg.max_length * ASSUMED_FILL / max(1, cfg.tokens_per_sample)) if cfg.packing else 1.0
+    rows_per_rank = int(samples / world_size / per_row)
+    per_epoch = max(1, rows_per_rank // accum)
+    epochs = max(1, cfg.epochs)
+    rows = per_epoch * accum * world_size * epochs
+    return Schedule(per_epoch * epochs, [per_epoch] * epochs, rows, int(rows * per_row), accum, world_size,
+                    False, f"estimate: {per_row:.2f} samples per row assumed ({why})")
+
+
+def plan_schedule(manifest: list[dict], cfg: TrainConfig, world_size: int, seed: int,
+                  ranks: Optional[list[int]] = None,
+                  reduce_min: Optional[Callable[[list[int]], list[int]]] = None) -> Schedule:
+    """The run's optimizer steps: replays the packing of every rank and epoch over the manifest's
+    token lengths (the same functions the stream and the packer use, so total_steps equals the
+    steps the loop takes), or estimates them when the manifest has no usable lengths.
+
+    `ranks`: replay only these (default all). In the training job each rank replays its own share
+    and `reduce_min` (an all-reduce MIN over the ranks) combines the per-epoch steps: exact. The
+    dry run replays rank 0 alone (~3 s per 56k samples) and calls the result approximate: ranks'
+    row counts differ by a row or two."""
+    accum = cfg.accum_for(world_size)
+    lengths, why = manifest_lengths(manifest, cfg)
+    if lengths is None:
+        return estimated_schedule(sum(int(e["samples"]) for e in manifest), cfg, world_size, why)
+    epochs = max(1, cfg.epochs)
+    ranks = list(range(world_size)) if ranks is None else list(ranks)
+    rows = [[rank_rows(manifest, lengths, cfg, rank=r, world_size=world_size, seed=seed, epoch=e) for r in ranks]
+            for e in range(epochs)]
+    per_epoch = [min(len(r) for r in by_rank) // accum for by_rank in rows]
+    if reduce_min is not None:
+        per_epoch = reduce_min(per_epoch)
+    exact = reduce_min is not None or len(set(ranks)) == world_size
+    # samples in the rows trained (each epoch's first steps x accum rows of every rank), scaled up
+    # from the ranks replayed here when those are not all
+    samples = sum(sum(r[:n * accum]) for by_rank, n in zip(rows, per_epoch) for r in by_rank)
+    samples = samples * world_size // len(ranks)
+    total = sum(per_epoch)
+    source = ("replayed from the pack manifest's token lengths" if exact else
+              f"replayed for rank(s) {ranks} of {world_size} from the pack manifest's token lengths; "
+              "the train stage replays every rank")
+    return Schedule(max(1, total), per_epoch, total * accum * world_size, samples, accum, world_size, exact, source)
 
 
 # ------------------------------------------------------------------------------ model
@@ -273,12 +447,23 @@ def load_model(cfg: TrainConfig):
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.freeze_vision:
-        visual = getattr(model.model, "visual", None) or model.visual
-        for p in visual.parameters():
-            p.requires_grad_(False)
+    freeze_modules(model, cfg)
     model.train()
     return model, processor
+
+
+def freeze_modules(model, cfg: TrainConfig) -> list[str]:
+    """Freeze what LLaMA-Factory's Qwen2-VL full SFT freezes (its COMPOSITE_MODELS entry for
+    qwen2_vl, src/llamafactory/model/model_utils/visual.py): the vision tower `visual.patch_embed`
+    and `visual.blocks` (train.freeze_vision_tower) and the projector `visual.merger`
+    (train.freeze_multi_modal_projector). Returns the frozen module names."""
+    visual = getattr(getattr(model, "model", None), "visual", None) or model.visual
+    names = (["patch_embed", "blocks"] if cfg.freeze_vision_tower else []) + (
+        ["merger"] if cfg.freeze_multi_modal_projector else [])
+    for name in names:
+        for p in getattr(visual, name).parameters():
+            p.requires_grad_(False)
+    return [f"visual.{n}" for n in names]
 
 
 # ------------------------------------------------------------------------------ loop
@@ -287,9 +472,11 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
     """Train (or resume from out_dir/latest) until max_steps, the end of cfg.epochs, or
     stop_flag(). Returns {"steps", "losses" (this process's steps), "samples_seen" (this rank,
     whole run), "resumed_from_step", "stopped_early", "sample_ids" (trained on by this rank in
-    this process, in order), "skipped", "buffered_at_save" (samples in the packing window at the
-    last save)}. Per-step metrics and sample ids go to `log_dir` (default out_dir; see
-    ain.train.telemetry)."""
+    this process, in order), "skipped", "buffered_at_save" (samples the packer held at the last
+    save), "total_steps" (the LR schedule's length: max_steps, else the planned steps),
+    "planned_steps", "schedule_exact" (replayed from manifest lengths, not estimated),
+    "grad_accum" (as derived)}. Per-step metrics and sample ids go to `log_dir` (default out_dir;
+    see ain.train.telemetry)."""
     import torch
     import torch.distributed as tdist
     from torch.utils.data import DataLoader
@@ -314,9 +501,22 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
     manifest = read_manifest(manifest_dir)
     if not manifest:
         raise FileNotFoundError(f"no manifest-*.jsonl with shards in {manifest_dir}")
+    cfg = replace(cfg, grad_accum=cfg.accum_for(world))  # 0 = derived from the global batch
     torch.manual_seed(seed)
     model, processor = load_model(cfg)
-    total_steps = int(max_steps) if max_steps else estimate_total_steps(manifest, cfg, world)
+
+    def reduce_min(values: list[int]) -> list[int]:
+        t = torch.tensor(values, dtype=torch.long, device="cuda" if not on_cpu else "cpu")
+        tdist.all_reduce(t, op=tdist.ReduceOp.MIN)
+        return [int(v) for v in t.tolist()]
+
+    schedule = plan_schedule(manifest, cfg, world, seed, ranks=[rank], reduce_min=reduce_min)
+    if not schedule.exact:
+        log.warning("LR schedule over an ESTIMATED %d steps: %s", schedule.total_steps, schedule.source)
+    total_steps = int(max_steps) if max_steps else schedule.total_steps
+    log.info("%d optimizer steps (%s; steps per epoch %s) of %d rows = %d ranks x micro 1 x accum %d",
+             total_steps, schedule.source if not max_steps else "max_steps", schedule.steps_per_epoch,
+             cfg.grad_accum * world, world, cfg.grad_accum)
     params = [p for p in model.parameters() if p.requires_grad]
     ds_cfg = deepspeed_config(cfg, world, total_steps, on_cpu=on_cpu)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_cfg)
@@ -355,15 +555,17 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
         tracker = StateTracker(cfg.num_workers, epoch=epoch, state=state["tracker"] if state else None)
         if state is None:
             tracker.new_epoch(epoch)
+        state = state or {}
         ds = ShardDataset(manifest_dir, manifest, rank=rank, world_size=world, num_workers=cfg.num_workers,
-                          seed=seed, epoch=epoch, transform=encoder, resume=tracker.state_dict())
+                          seed=seed, epoch=epoch, transform=encoder, resume=tracker.state_dict(),
+                          replay_until=state.get("tracker_now") if state.get("replay") else None,
+                          replay_keep=state.get("pending_ids"), replay_transform=Replayed())
         loader = DataLoader(ds, batch_size=1, num_workers=cfg.num_workers,
                             collate_fn=CollateWithState(lambda items: items[0]))
         it = iter(loader)
         packer = StreamPacker(it, tracker, epoch=epoch, max_length=cfg.max_length, buffer=cfg.packing_buffer,
-                              packing=cfg.packing, replay=state["replay"] if state else 0,
-                              pending=state["pending"] if state else None,
-                              pending_ids=state["pending_ids"] if state else None, skipped=skipped)
+                              packing=cfg.packing, replay=state.get("replay", 0), pending=state.get("pending"),
+                              pending_ids=state.get("pending_ids"), queued=state.get("queued"), skipped=skipped)
         return packer, it
 
     epoch = int(data_state["epoch"]) if data_state else 0
@@ -386,8 +588,8 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
         nonlocal last_saved, buffered_at_save
         ps = packer.state() if packer is not None else PackerState(epoch, {"epoch": epoch})
         mine = {"epoch": ps.epoch, "tracker": ps.tracker, "replay": ps.replay, "pending": ps.pending,
-                "pending_ids": ps.pending_ids, "samples_seen": counters["samples_seen"],
-                "rows": counters["rows"], "skipped": dict(skipped)}
+                "pending_ids": ps.pending_ids, "queued": ps.queued, "tracker_now": ps.tracker_now,
+                "samples_seen": counters["samples_seen"], "rows": counters["rows"], "skipped": dict(skipped)}
         buffered_at_save = len(ps.pending)
         gathered: list = [None] * world
         tdist.all_gather_object(gathered, mine)
@@ -467,13 +669,17 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
             break
     if not stopped_early and last_saved != step and step > 0:
         save()
+    if not stopped_early and not max_steps and step != schedule.total_steps:
+        log.warning("took %d optimizer steps, the LR schedule planned %d (%s): the cosine did not end where "
+                    "planned", step, schedule.total_steps, schedule.source)
     counters["skipped"] = dict(skipped)
     train_log.close()
     finish_distributed()
     return {"steps": step, "losses": losses, "samples_seen": counters["samples_seen"],
             "resumed_from_step": resumed_from, "stopped_early": stopped_early, "sample_ids": sample_ids,
             "skipped": dict(skipped), "rows": counters["rows"], "buffered_at_save": buffered_at_save,
-            "total_steps": total_steps}
+            "total_steps": total_steps, "planned_steps": schedule.total_steps, "schedule_exact": schedule.exact,
+            "grad_accum": cfg.grad_accum}
 
 
 def main_json(args: dict) -> dict:  # pragma: no cover - convenience for subprocess callers

@@ -36,11 +36,16 @@ also records which reader comes next; the resumed dataset rotates the worker -> 
 the new loader's worker 0 plays that reader, and the batch sequence continues exactly as an
 uninterrupted run's (tests/unit/test_stream.py checks this with a real DataLoader).
 
-Packing caveat: the recorded state is the position after the last sample of the last
-consumed batch. If a look-ahead packing buffer sits in the main process between the DataLoader
-and the step, samples still in that buffer have been "consumed" but not trained on; exactness
-then needs the buffer's contents (e.g. their ids) saved too, or packing done inside the worker
-with its buffer state carried in the yielded state.
+Packing: the recorded state is the position after the last sample of the last consumed batch.
+The training loop's packer (ain.train.loop.StreamPacker) holds samples that are "consumed" but
+not trained on, so its checkpoint records a replay point (the tracker state before the oldest
+held sample) plus the held samples' positions; on resume `ShardDataset(replay_until=...,
+replay_keep=...)` passes the replayed samples it no longer holds through a cheap
+`replay_transform` instead of encoding them again (see the loop's docstring).
+
+Order (`rank_order`): the (shard, sample) sequence one rank's training loop receives in an
+epoch, computed from the plan alone: the DataLoader's round robin over the rank's readers. The
+schedule replays the packing over it (ain.train.loop.plan_schedule).
 """
 
 from __future__ import annotations
@@ -49,11 +54,11 @@ import hashlib
 import json
 import random
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ain.data.shards import CorruptShard, iter_shard, verify_shard
 
-__all__ = ["CorruptShard", "plan_epoch", "plan_fingerprint", "ShardStream", "ShardDataset",
+__all__ = ["CorruptShard", "plan_epoch", "plan_fingerprint", "rank_order", "ShardStream", "ShardDataset",
            "CollateWithState", "StateTracker"]
 
 Range = tuple[str, int, int]
@@ -95,6 +100,29 @@ def plan_epoch(manifest: list[dict[str, Any]], world_size: int, num_workers: int
             lo = cut
         pos = hi
     return plan
+
+
+def rank_order(manifest: list[dict[str, Any]], rank: int, world_size: int, num_workers: int, seed: int,
+               epoch: int) -> list[tuple[int, int]]:
+    """The samples one rank's training loop receives in one epoch, in order, as (manifest index,
+    sample index within its shard): without the stream itself, for the schedule's replay.
+
+    A DataLoader over an IterableDataset with W workers and batch size 1 hands out batches round
+    robin, worker 0 first, skipping a worker once it is exhausted (its readers differ by at most
+    one sample); with num_workers=0 the one reader is read in order. tests/unit/
+    test_packing_schedule.py checks this against a real DataLoader."""
+    per_rank = _readers(num_workers)
+    index = {e["shard"]: i for i, e in enumerate(manifest)}
+    plan = plan_epoch(manifest, world_size, num_workers, seed, epoch)
+    readers = []
+    for reader in plan[rank * per_rank:(rank + 1) * per_rank]:
+        readers.append([(index[shard], k) for shard, start, stop in reader for k in range(start, stop)])
+    if len(readers) == 1:
+        return readers[0]
+    out: list[tuple[int, int]] = []
+    for j in range(max((len(r) for r in readers), default=0)):
+        out.extend(r[j] for r in readers if j < len(r))
+    return out
 
 
 def plan_fingerprint(manifest: list[dict[str, Any]], world_size: int, num_workers: int, seed: int) -> str:
@@ -194,16 +222,27 @@ class ShardDataset(IterableDataset):  # type: ignore[misc]
     """One rank's share of one epoch, for a torch DataLoader with `num_workers` workers (must
     match the DataLoader's; 0 means the main process reads). Yields (transform(sample, images),
     state) where state is the reader's `state()` after that sample (feed it to `StateTracker`
-    for each consumed batch). `resume`: a `StateTracker.state_dict()` saved in this epoch."""
+    for each consumed batch). `resume`: a `StateTracker.state_dict()` saved in this epoch.
+
+    Resume replay (the training loop's packer re-reads the span between its replay point and the
+    checkpoint): with `replay_until` (the tracker's state at the checkpoint), a sample a reader
+    had already handed out by then (its `consumed` count at most the saved one) whose id is not in
+    `replay_keep` goes through `replay_transform` instead of `transform`: it is read but not
+    encoded again, because the packer discards it anyway."""
 
     def __init__(self, root: Path | str, manifest: list[dict[str, Any]], *, rank: int, world_size: int,
                  num_workers: int, seed: int = 0, epoch: int = 0,
                  transform: Callable[[dict[str, Any], list[bytes]], Any] | None = None,
-                 resume: dict[str, Any] | None = None, verify: bool = True) -> None:
+                 resume: dict[str, Any] | None = None, verify: bool = True,
+                 replay_until: dict[str, Any] | None = None, replay_keep: Iterable[str] | None = None,
+                 replay_transform: Callable[[dict[str, Any], list[bytes]], Any] | None = None) -> None:
         self.root, self.manifest = Path(root), manifest
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.seed, self.epoch, self.transform, self.verify = seed, epoch, transform, verify
         self.resume = resume
+        self.replay_until = replay_until if replay_transform is not None else None
+        self.replay_keep = frozenset(replay_keep or ())
+        self.replay_transform = replay_transform
 
     def set_epoch(self, epoch: int, resume: dict[str, Any] | None = None) -> None:
         """Next epoch (call before creating the DataLoader iterator); drops a previous resume."""
@@ -230,9 +269,16 @@ class ShardDataset(IterableDataset):  # type: ignore[misc]
             saved = self.resume.get("readers", {}).get(str(stream.reader))
             if saved is not None:
                 stream.load_state(saved)
+        until = -1
+        if self.replay_until and self.replay_until.get("epoch") == self.epoch:
+            until = int(self.replay_until.get("readers", {}).get(str(stream.reader), {}).get("consumed", 0))
         for sample, images in stream:
-            item = self.transform(sample, images) if self.transform else (sample, images)
-            yield item, stream.state()
+            state = stream.state()
+            if state["consumed"] <= until and str(sample.get("id", "")) not in self.replay_keep:
+                item = self.replay_transform(sample, images)  # type: ignore[misc]
+            else:
+                item = self.transform(sample, images) if self.transform else (sample, images)
+            yield item, state
 
 
 class CollateWithState:

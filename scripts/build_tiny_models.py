@@ -63,6 +63,11 @@ def build(out: Path, force: bool = False) -> dict:
     judge = ensure_tiny_judge(out / "judge", force=force)  # None: the stamped one was kept
     if judge is not None:
         report["judge"] = judge
+    from ain_testkit.tiny_guard import ensure_tiny_guard
+
+    guard = ensure_tiny_guard(out / "guard", force=force)
+    if guard is not None:
+        report["guard"] = guard
     return report
 
 

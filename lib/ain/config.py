@@ -101,6 +101,9 @@ def split_overrides(argv: list[str]) -> tuple[str, str, list[str]]:
 
 
 def _yaml(kind: str, name: str, configs_dir: Path) -> Any:
+    if "/" in name or "\\" in name or name.endswith((".yaml", ".yml")) or name.startswith("."):
+        known = sorted(p.stem for p in (configs_dir / kind).glob("*.yaml"))
+        raise ConfigError(f"{kind}={name!r}: give a name from configs/{kind}/ ({', '.join(known)}), not a path")
     path = configs_dir / kind / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (configs_dir / kind).glob("*.yaml"))
@@ -173,6 +176,8 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
         if sub is None:  # unknown: reported above
             continue
         need(sub.num_tasks >= 1, f"{stage}.num_tasks", "must be >= 1")
+        need(sub.num_tasks <= c.max_array_size, f"{stage}.num_tasks",
+             f"{sub.num_tasks} is over {c.max_array_size} (cluster.max_array_size: Slurm's MaxArraySize)")
         if callable(getattr(sub, "check", None)):  # stage packages validate their own sections
             sub.check(cfg, need, check_paths)
         r = sub.resources

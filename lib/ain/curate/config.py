@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Optional
 
-from ain.config_base import JudgeConfig, Need, Resources, absolute_if_local, check_judge, model_exists_or_hub_id
+from ain.config_base import (
+    JudgeConfig,
+    Need,
+    Resources,
+    absolute_if_local,
+    check_judge,
+    model_exists_or_hub_id,
+    vllm_command,
+)
 from ain.hub import HubAsset, hub_model, is_hub_id
 from ain.serve.placement import check_gpus
 
@@ -142,15 +150,15 @@ class VerifyConfig:
 
 def _llavaguard() -> JudgeConfig:
     judge = JudgeConfig(model="AIML-TUDA/LlavaGuard-v1.2-7B-OV-hf", max_tokens=500)
-    judge.server.command = ["vllm", "serve", "{model}", "--host", "{host}", "--port", "{port}",
-                            "--tensor-parallel-size", "{tensor_parallel_size}", "--max-model-len", "16384",
-                            "--limit-mm-per-prompt", '{"image": 1}']
+    judge.server.command = vllm_command(16384, "--limit-mm-per-prompt", '{"image": 1}')
     return judge
 
 
 # Our mapping of Qwen3Guard-Gen's categories (QwenLM/Qwen3Guard README @ 6a52eca) onto LlavaGuard's
 # policy codes: neither project publishes one. Categories absent here have no policy counterpart.
-QWEN3GUARD_TO_POLICY = {"Violent": "O2", "Non-violent Illegal Acts": "O5", "Sexual Content or Sexual Acts": "O3",
+# "Non-violent Illegal Acts" covers drug production and trafficking (O6) as well as theft and hacking
+# (O5, which the report does not screen): mapped to O6 so that drug content stays screened.
+QWEN3GUARD_TO_POLICY = {"Violent": "O2", "Non-violent Illegal Acts": "O6", "Sexual Content or Sexual Acts": "O3",
                         "Suicide & Self-Harm": "O7", "Unethical Acts": "O1"}
 QWEN3GUARD_CATEGORIES = ("Violent", "Non-violent Illegal Acts", "Sexual Content or Sexual Acts", "PII",
                          "Suicide & Self-Harm", "Unethical Acts", "Politically Sensitive Topics", "Copyright Violation",

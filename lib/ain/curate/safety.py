@@ -54,12 +54,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
+import itertools
 import re
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from ain.atomic import iter_jsonl
 from ain.curate.config import LLAVAGUARD_CATEGORIES, SafetyConfig
 from ain.curate.llavaguard_policy import POLICY_V1
 from ain.serve.client import ChatClient, InvalidAnswer, RequestRejected, ResponseCache
@@ -321,14 +322,6 @@ def input_files(run, cfg) -> list[Path]:
     return files
 
 
-def iter_samples(files: list[Path]) -> Iterator[dict[str, Any]]:
-    for path in files:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)
-
-
 def iter_units(samples: Iterator[dict[str, Any]], index: int, num_tasks: int) -> Iterator[dict[str, Any]]:
     """This task's units in their fixed order: {"kind": "image", "image"} or {"kind": "text",
     "sample_id", "turn", "role", "language", "text"}."""
@@ -451,7 +444,8 @@ def count(out, kind: str, row: dict[str, Any]) -> None:
 
 def run_safety_task(ctx: TaskContext) -> dict[str, Any]:
     out = ctx.resumable_outputs(images=f"images-{ctx.index:05d}.jsonl", texts=f"texts-{ctx.index:05d}.jsonl")
-    units = iter_units(iter_samples(input_files(ctx.run, ctx.cfg)), ctx.index, ctx.num_tasks)
+    rows = itertools.chain.from_iterable(iter_jsonl(path) for path in input_files(ctx.run, ctx.cfg))
+    units = iter_units(rows, ctx.index, ctx.num_tasks)
     for _ in range(out.position):  # consumed before a restart
         next(units)
     start = time.time()
@@ -524,10 +518,10 @@ def load_verdicts(run) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, int],
     images: dict[str, dict[str, Any]] = {}
     texts: dict[tuple[str, int], dict[str, Any]] = {}
     for path in sorted(paths.out.glob("images-*.jsonl")):
-        for row in iter_samples([path]):
+        for row in iter_jsonl(path):
             images[row["image"]] = row
     for path in sorted(paths.out.glob("texts-*.jsonl")):
-        for row in iter_samples([path]):
+        for row in iter_jsonl(path):
             texts[(row["sample_id"], row["turn"])] = row
     return images, texts
 

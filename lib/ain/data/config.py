@@ -41,7 +41,6 @@ class IngestSource:
     """Split to read from a dataset dict (hf_disk, hub)."""
 
 
-MAX_ARRAY_TASKS = 1001  # Slurm's default MaxArraySize; an ingest task reads every source in full
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class IngestConfig:
     """Inputs, read in this order; rows are dealt round-robin to the tasks."""
     num_tasks: int = 2
     """Array size; each task reads a deterministic 1/num_tasks of every source. At most the number
-    of input rows (where it can be counted cheaply) and 1001 (each task reads every source in full)."""
+    of input rows (where it can be counted cheaply) and cluster.max_array_size."""
     commit_every: int = 64
     """Rows between progress commits (resume granularity)."""
     max_image_bytes: int = 64 * 1024 * 1024
@@ -131,9 +130,6 @@ class IngestConfig:
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         need(bool(self.sources), "ingest.sources", "no inputs: list at least one source")
         need(self.commit_every >= 1, "ingest.commit_every", "must be >= 1")
-        need(self.num_tasks <= MAX_ARRAY_TASKS, "ingest.num_tasks",
-             f"{self.num_tasks} is over {MAX_ARRAY_TASKS} (Slurm's default MaxArraySize); every ingest task "
-             "reads every source in full, so more tasks only multiply the reading")
         for key in ("max_image_bytes", "max_image_pixels", "max_row_bytes", "max_turn_chars"):
             need(getattr(self, key) >= 1, f"ingest.{key}", f"{getattr(self, key)}: must be >= 1")
         need(0.0 <= self.max_bad_row_share <= 1.0, "ingest.max_bad_row_share",
@@ -174,7 +170,7 @@ class IngestConfig:
             except SourceError as exc:
                 need(False, "ingest.sources", str(exc))
                 return
-            if 1 < self.num_tasks <= MAX_ARRAY_TASKS:
+            if 1 < self.num_tasks <= cfg.cluster.max_array_size:
                 total: int | None = 0
                 for src in self.sources:
                     n = count_rows_upto(src, self.num_tasks)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Optional
 
 from ain import PROJECT_ROOT
-from ain.config_base import JudgeConfig, Need, Resources
+from ain.config_base import JudgeConfig, Need, Resources, vllm_command
 from ain.hub import HubAsset, hub_model
 from ain.serve.placement import check_gpus
 
@@ -37,8 +37,7 @@ EVAL_MODEL_LEN = 32768
 
 def _model_under_evaluation() -> JudgeConfig:
     judge = _judge("", 2000)
-    judge.server.command = ["vllm", "serve", "{model}", "--host", "{host}", "--port", "{port}",
-                            "--tensor-parallel-size", "{tensor_parallel_size}", "--max-model-len", str(EVAL_MODEL_LEN)]
+    judge.server.command = vllm_command(EVAL_MODEL_LEN)
     return judge
 
 

@@ -40,7 +40,7 @@ from ain.config_base import ConfigError, JudgeConfig, ServerConfig
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDERS = ("{model}", "{host}", "{port}", "{tensor_parallel_size}")
+PLACEHOLDERS = ("{model}", "{host}", "{port}", "{tensor_parallel_size}", "{dtype}")
 _PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS))
 LOG_TAIL_LINES = 40
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
@@ -75,14 +75,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def render_command(command: list[str], *, model: str, host: str, port: int, tensor_parallel_size: int) -> list[str]:
+def render_command(command: list[str], *, model: str, host: str, port: int, tensor_parallel_size: int,
+                   dtype: str = "auto") -> list[str]:
     """Fill the placeholders in each argument. One regex pass per argument (never str.format):
     braces in a value stay literal, and a model path containing "{port}" is not re-substituted."""
     if isinstance(command, str) or not command or not all(isinstance(a, str) for a in command):
         raise ConfigError(f"server.command must be a non-empty list of strings (an argument list, not a "
                           f"shell string); got {command!r}")
     values = {"{model}": model, "{host}": host, "{port}": str(port),
-              "{tensor_parallel_size}": str(tensor_parallel_size)}
+              "{tensor_parallel_size}": str(tensor_parallel_size), "{dtype}": dtype}
     return [_PLACEHOLDER_RE.sub(lambda m: values[m.group(0)], arg) for arg in command]
 
 
@@ -225,7 +226,7 @@ class ManagedServer:
     def _launch(self) -> None:
         """Start the server process (its own process group), not waiting for it."""
         self.argv = render_command(self.cfg.command, model=self.model, host=self.cfg.host, port=self.port,
-                                   tensor_parallel_size=self.cfg.tensor_parallel_size)
+                                   tensor_parallel_size=self.cfg.tensor_parallel_size, dtype=self.cfg.dtype)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.chmod(self.log_path, 0o600)

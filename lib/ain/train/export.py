@@ -85,6 +85,6 @@ def export_checkpoint(train_cfg: TrainConfig, ckpt_dir: Path, out_dir: Path, dty
 def run_export_task(ctx: TaskContext) -> dict[str, Any]:
     train_paths = ctx.upstream("train")
     if train_paths.read_marker(0) is None:
-        raise RuntimeError(f"export needs a finished train stage: no marker {train_paths.done / '0.json'}")
+        raise RuntimeError(f"export needs a finished train stage: no marker {train_paths.marker(0)}")
     info = export_checkpoint(ctx.cfg.train, train_paths.out / "ckpt", ctx.paths.out / "model", ctx.cfg.export.dtype)
     return {"items": 1, **info}

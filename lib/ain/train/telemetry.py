@@ -134,7 +134,8 @@ class TrainLog:
                "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
                "tokens": tokens * self.world_size, "tokens_per_s": round(tokens * self.world_size / seconds, 2),
                "samples_per_s": round(samples * self.world_size / seconds, 3),
-               "mfu": round(flops / seconds / self.peak_flops, 6) if self.peak_flops > 0 else None,
+               # 4 significant digits, not 6 decimals: a small model's MFU (1e-7) must not read 0
+               "mfu": float(f"{flops / seconds / self.peak_flops:.4g}") if self.peak_flops > 0 else None,
                "mem_gb": round(memory_gb(), 3), "seconds": round(seconds, 3), "time": round(now, 3),
                "total_steps": total_steps}
         if self._metrics is not None:

@@ -612,3 +612,28 @@ def test_truncated_animated_gif_is_refused_even_with_an_intact_first_frame():
         check_image(cut)
     assert info.value.kind == "bad_image" and "image does not decode" in info.value.reason
     assert check_image(data).ext == "gif"  # the whole animation is fine and stored as it is
+
+
+def test_training_skips_and_counts_a_sample_the_processor_refuses():
+    """Class 1, training side: a sample that reaches training although the processor cannot encode
+    it (an image of aspect ratio over 200 from an older ingest) is skipped with a reason, never fatal."""
+    from collections import Counter
+    from pathlib import Path
+
+    from ain.train.collate import UNENCODABLE, encode_sample
+    from ain.train.config import TrainConfig
+
+    model = Path(__file__).resolve().parents[2] / ".cache/tiny/judge"
+    if not model.exists():
+        pytest.skip("run `make models` first")
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model)
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 19), (200, 30, 30)).save(buf, format="PNG")
+    sample = {"id": "s1", "turns": [{"role": "user", "content": "<image>\nWhat is this?"},
+                                    {"role": "assistant", "content": "A stripe."}], "images": ["x.png"]}
+    skipped: Counter = Counter()
+    cfg = TrainConfig(min_pixels=56 * 56, max_pixels=112 * 112)
+    assert encode_sample(processor, sample, [buf.getvalue()], cfg, skipped) is None
+    assert skipped == Counter({UNENCODABLE: 1})

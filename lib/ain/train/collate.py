@@ -20,6 +20,7 @@ sample's first label -100 so nothing is predicted across a boundary.
 from __future__ import annotations
 
 import io
+import logging
 from bisect import bisect_left, bisect_right, insort
 from collections import Counter
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ TOO_LONG = "too_long"
 BAD_IMAGE = "bad_image"
 IMAGE_COUNT = "image_count_mismatch"
 NO_TARGET = "no_assistant_tokens"
+UNENCODABLE = "unencodable"  # the processor refused the sample (ingest should have caught it)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,8 +156,12 @@ def try_encode(processor, sample: dict, images: Sequence[Any], cfg) -> tuple[Opt
         set_image_size(processor, cfg.min_pixels, cfg.max_pixels)
     import torch
 
-    enc = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt",
-                                        add_generation_prompt=False)
+    try:  # ingest refuses what the processor cannot take; a sample that still fails is skipped, never fatal
+        enc = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt",
+                                            add_generation_prompt=False)
+    except (ValueError, RuntimeError, IndexError) as exc:  # e.g. smart_resize: "absolute aspect ratio must be smaller than 200"
+        log.warning("sample %s cannot be encoded: %s: %s", sample.get("id"), type(exc).__name__, str(exc)[:200])
+        return None, UNENCODABLE
     ids = enc["input_ids"][0].long()
     if ids.shape[0] > cfg.max_length:
         return None, TOO_LONG

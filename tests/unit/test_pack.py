@@ -437,3 +437,44 @@ def test_shard_bytes_are_pinned(tmp_path):
     assert {(m.mode, m.uid, m.gid, m.uname, m.gname, m.mtime, m.type) for m in members} == \
         {(0o444, 0, 0, "", "", 0, tarfile.REGTYPE)}
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_manifests_are_read_once_from_the_stage_that_published_them(packed, tmp_path):
+    """Class 4 of the robustness issue: a backup copy of a manifest, a shard listed twice, a manifest
+    that is not the one the pack stage's marker published, a shard outside the folder and a truncated
+    line each fail, naming the file (and line), instead of doubling or corrupting the training data."""
+    root = tmp_path / "run"
+    shutil.copytree(packed[0], root)
+    out = pack_out(root)
+    first = sorted(out.glob("manifest-*.jsonl"))[0]
+    original = first.read_text()
+    n = len(read_manifest(out))
+
+    (out / "manifest-00000 (copy).jsonl").write_text(original)            # a backup copy beside it
+    with pytest.raises(shards.ManifestError, match=r"manifest-00000 \(copy\)\.jsonl.*beside the pack stage"):
+        read_manifest(out)
+    (out / "manifest-00000 (copy).jsonl").unlink()
+
+    lines = original.splitlines(keepends=True)
+    for bad, pattern in [(original + lines[0], r"listed twice"),                 # a line repeated
+                         (original + lines[0][: len(lines[0]) // 2] + "\n", r":\d+: not a manifest entry"),
+                         (original.replace(json.loads(lines[0])["shard"], "../elsewhere.tar", 1), "not a plain file")]:
+        first.write_text(bad)
+        with pytest.raises(shards.ManifestError, match=pattern) as info:
+            read_manifest(out)
+        assert first.name in str(info.value)
+    first.write_text(original)
+    assert len(read_manifest(out)) == n                                       # restored: read once again
+
+    # with the stage's done markers (StageTask writes them from each task's result): a manifest edited
+    # after the stage finished does not match what its marker published
+    for i, stats in enumerate(packed[2]):
+        RunDir(root).stage("pack").write_marker(i, stats)
+    assert len(read_manifest(out)) == n
+    entry = json.loads(lines[0])
+    first.write_text(json.dumps({**entry, "samples": entry["samples"] + 1}) + "\n" + "".join(lines[1:]))
+    with pytest.raises(shards.ManifestError, match="does not match the pack stage's marker"):
+        read_manifest(out)
+    first.unlink()                                                            # and a published one missing
+    with pytest.raises(shards.ManifestError, match="are missing"):
+        read_manifest(out)

@@ -45,6 +45,13 @@ from typing import Any, Iterator
 
 _KEY_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 MANIFEST_GLOB = "manifest-*.jsonl"
+MANIFEST_NAME = re.compile(r"manifest-\d+\.jsonl")
+
+
+class ManifestError(ValueError):
+    """The pack folder's manifests cannot be trusted (a stray copy, a line listed twice, a
+    truncated line, a shard outside the folder, a manifest its stage's marker does not list);
+    the message names the file and line."""
 
 
 class CorruptShard(RuntimeError):
@@ -230,13 +237,71 @@ def fsync_dir(path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ reader
 def read_manifest(pack_out_dir: Path) -> list[dict[str, Any]]:
-    """Every published shard of the pack stage, in training order: manifest-*.jsonl in name
-    order (task order), lines in file order (shard order within a task)."""
-    entries = []
-    for path in sorted(Path(pack_out_dir).glob(MANIFEST_GLOB)):
+    """Every published shard of the pack stage, in training order: manifest-NNNNN.jsonl in name
+    order (task order), lines in file order (shard order within a task).
+
+    Nothing is read twice or from outside: any other manifest-like file in the folder (a backup
+    "manifest-00000 (copy).jsonl", "manifest-00001.jsonl.bak") is refused, not skipped; where the
+    pack stage's done markers exist (stages/pack/done/), each manifest must be the one a marker
+    published (same sha256) and every marker's manifest must be there; a shard listed twice, a
+    shard name that is not a plain file of this folder and an unparseable (truncated) line are
+    ManifestErrors naming the file and line. (`.partial` files are a running task's.)"""
+    out = Path(pack_out_dir)
+    files = sorted(p for p in out.iterdir() if p.name.startswith("manifest")) if out.is_dir() else []
+    stray = [p.name for p in files if not MANIFEST_NAME.fullmatch(p.name) and not p.name.endswith(".partial")]
+    if stray:
+        raise ManifestError(f"{out}: {stray} beside the pack stage's manifests (a copy or a backup?): only "
+                            "manifest-<digits>.jsonl are read, so move them out rather than train on their shards twice")
+    manifests = [p for p in files if MANIFEST_NAME.fullmatch(p.name)]
+    _check_against_markers(out, manifests)
+    entries: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for path in manifests:
         with open(path, encoding="utf-8") as f:
-            entries.extend(json.loads(line) for line in f if line.strip())
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    entry = json.loads(line)
+                    shard, samples = entry["shard"], int(entry["samples"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ManifestError(f"{where}: not a manifest entry (truncated?): {type(exc).__name__}: {exc}") from None
+                if not (isinstance(shard, str) and shard and shard not in (".", "..") and "/" not in shard
+                        and "\\" not in shard and "\0" not in shard) or samples < 0:
+                    raise ManifestError(f"{where}: shard {shard!r} is not a plain file name of this folder "
+                                        "(no directories: a manifest never points outside its pack folder)")
+                if shard in seen:
+                    raise ManifestError(f"{where}: shard {shard} is listed twice (first at {seen[shard]})")
+                seen[shard] = where
+                entries.append(entry)
     return entries
+
+
+def _check_against_markers(out: Path, manifests: list[Path]) -> None:
+    done = out.parent / "done"
+    markers = sorted(done.glob("*.json")) if done.is_dir() else []
+    if not markers:
+        return  # no stage around these files (a copied pack folder, tests): nothing to compare with
+    published: dict[str, str] = {}
+    for marker in markers:
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))["files"]["manifest"]
+            published[info["file"]] = info["sha256"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a marker of an older layout: the line checks below still apply
+    if not published:
+        return
+    for path in manifests:
+        if path.name not in published:
+            raise ManifestError(f"{path}: no done marker of the pack stage ({done}) published this manifest")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != published[path.name]:
+            raise ManifestError(f"{path}: does not match the pack stage's marker (sha256 {digest[:12]}, the marker "
+                                f"says {published[path.name][:12]}): edited after the stage finished?")
+    missing = sorted(set(published) - {p.name for p in manifests})
+    if missing:
+        raise ManifestError(f"{out}: manifests {missing} that the pack stage's markers published are missing")
 
 
 def verify_shard(path: Path, entry: dict[str, Any], chunk: int = 4 << 20) -> None:

@@ -122,3 +122,21 @@ def test_text_safety_judge_on_real_vllm_in_qwen3guard_format(tmp_path, chdir_roo
         assert (r["rating"], r["category"]) == (want["rating"], want["category"]), r
         assert r["judge_label"] in ("Safe", "Unsafe")                     # Qwen3Guard's own words came back
     assert any(r["rating"] == "Unsafe" for r in rows)
+
+
+def test_completions_with_logprobs_as_arabic_mmlu_asks_them(vllm_translator):
+    """The endpoint backend's ArabicMMLU request (raw prompt, one token, logprobs 20) against the real
+    vLLM: the answer carries the first token's top logprobs in the layout ain.eval.backends reads."""
+    from ain.eval.backends import LOGPROBS_K, EndpointBackend
+    from ain.serve.client import ChatClient, run_all
+
+    client = ChatClient(vllm_translator.base_url, str(TRANSLATOR))
+    [result] = run_all(client, [{"prompt": "Translate the following English text", "max_tokens": 1,
+                                 "temperature": 0.0, "logprobs": LOGPROBS_K}])
+    assert not isinstance(result, Exception), result
+    assert result.top_logprobs and 1 <= len(result.top_logprobs[0]) <= LOGPROBS_K
+    assert all(isinstance(v, float) for v in result.top_logprobs[0].values())
+    letters = sorted(result.top_logprobs[0])[:2]                               # two tokens it did rank
+    [(index, values)] = EndpointBackend(ChatClient(vllm_translator.base_url, str(TRANSLATOR))).letter_choice(
+        [("Translate the following English text", letters)])
+    assert index is not None and max(values) == values[index]

@@ -112,8 +112,8 @@ def test_endpoint_backend_asks_the_same_prompts_through_transformers_serve(slurm
     assert all(isinstance(p["prediction"], str) for p in preds)
     assert list(run.stage("eval").logs.glob("eval_model.server.*.log"))          # the server really ran
     data = json.loads((run.root / "report/eval.json").read_text())
-    assert data["arabic_mmlu"]["generation_based"] is True
-    assert "generation-based on the endpoint backend" in (run.root / "report/eval.md").read_text()
+    assert data["arabic_mmlu"]["endpoint_logprobs"] is True
+    assert "endpoint backend: the top-20 logprobs of /v1/completions" in (run.root / "report/eval.md").read_text()
 
 
 def test_endpoint_backend_with_one_shared_server(slurm_run):

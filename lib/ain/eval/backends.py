@@ -7,9 +7,10 @@
   (`tokenizer.encode(letter)[-1]`).
 - `EndpointBackend`: an OpenAI-compatible server (vLLM on a cluster, `transformers serve` in
   tests) through `ain.serve.client.ChatClient`; images are sent as `data:` URLs of the same
-  encoded bytes the hf backend decodes (ain.eval.data.Item.image_files). OpenAI-compatible servers do not expose restricted next-token logits, so on
-  this backend ArabicMMLU is answered by generation (one token, first letter parsed), which the
-  report marks.
+  encoded bytes the hf backend decodes (ain.eval.data.Item.image_files). ArabicMMLU goes
+  through /v1/completions on the raw prompt with logprobs (vLLM): the option letter with the
+  highest logprob among the first token's top 20 (vLLM's maximum); a server that ignores
+  `logprobs` (transformers serve) is read by its one generated token. The report marks both.
 """
 
 from __future__ import annotations
@@ -80,6 +81,24 @@ def _messages_openai(prompt: str, images: list[Any]) -> list[dict]:
                                          {"type": "text", "text": prompt}]}]
 
 
+# vLLM's default --max-logprobs is 20: the most one request may ask for.
+LOGPROBS_K = 20
+
+
+def restricted_choice(top: dict[str, float], letters: list[str]) -> tuple[Optional[int], list[float]]:
+    """(index of the best letter, each letter's logprob or -inf) from one token's top logprobs; a
+    token counts for a letter when it is the letter itself, spaces aside (" A" and "A")."""
+    best: dict[str, float] = {}
+    for token, logprob in top.items():
+        letter = token.strip()
+        if letter in letters and logprob > best.get(letter, float("-inf")):
+            best[letter] = logprob
+    values = [best.get(letter, float("-inf")) for letter in letters]
+    if not best:
+        return None, values
+    return max(range(len(letters)), key=values.__getitem__), values
+
+
 class EndpointBackend:
     name = "endpoint"
 
@@ -99,11 +118,22 @@ class EndpointBackend:
         return out
 
     def letter_choice(self, requests: list[tuple[str, list[str]]]) -> list[tuple[Optional[int], list[float]]]:
-        replies = self.generate([(p, []) for p, _ in requests], max_new_tokens=1)
+        """ArabicMMLU as util_compute.py scores it, through /v1/completions: the raw prompt (no chat
+        template), one token, its top LOGPROBS_K logprobs; the answer is the option letter with the
+        highest logprob among them (None when no letter is among the top K: counted as wrong)."""
+        from ain.serve.client import run_all  # noqa: PLC0415
+
+        results = run_all(self.client, [{"prompt": p, "max_tokens": 1, "temperature": 0.0, "logprobs": LOGPROBS_K}
+                                        for p, _ in requests])
         out: list[tuple[Optional[int], list[float]]] = []
-        for reply, (_, letters) in zip(replies, requests):
-            first = reply.strip()[:1]
-            out.append((letters.index(first) if first in letters else None, []))
+        for result, (_, letters) in zip(results, requests):
+            if isinstance(result, Exception):
+                raise result
+            if result.top_logprobs is None:  # a server that ignores `logprobs` (transformers serve): its one token
+                first = result.text.strip()[:1]
+                out.append((letters.index(first) if first in letters else None, []))
+            else:
+                out.append(restricted_choice(result.top_logprobs[0] or {}, letters))
         return out
 
     def close(self) -> None:

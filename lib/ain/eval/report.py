@@ -117,7 +117,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     mmlu = data["arabic_mmlu"]
     if mmlu:
         lines += ["## ArabicMMLU", "", "Restricted next-token letter log-probability"
-                  + (" (generation-based on the endpoint backend)" if mmlu.get("generation_based") else "")
+                  + (" (endpoint backend: the top-20 logprobs of /v1/completions)" if mmlu.get("endpoint_logprobs") else "")
                   + "; Total = unweighted mean of the categories.", "", "| Model | Total |", "|---|---|",
                   f"| **{data['label']}** | {_fmt(mmlu.get('score'))} |"]
         for name, values in _published_rows(data, "arabic_mmlu"):

@@ -190,7 +190,7 @@ def run_eval_task(ctx: TaskContext) -> dict[str, Any]:
         summaries[spec.name] = {**summarize(rows, spec.metric, spec.tasks), "family": spec.family,
                                 "domain": spec.domain, "domain_label": spec.domain_label, "scorer": spec.scorer,
                                 "backend": cfg.backend,
-                                "generation_based": spec.scorer == "letter_logprob" and cfg.backend == "endpoint"}
+                                "endpoint_logprobs": spec.scorer == "letter_logprob" and cfg.backend == "endpoint"}
     atomic_write_json(ctx.paths.out / f"scores-{ctx.index:05d}.json",
                       {"unit": unit.name, "family": unit.family, "domain": unit.domain,
                        "checkpoint": checkpoint_path(ctx), "datasets": summaries})

@@ -62,6 +62,9 @@ def prepared_run(tmp_path: Path, vision_model, text_model, num_tasks: int, *, te
     judge_cfg(cfg.safety.vision_judge, vision_model)
     judge_cfg(cfg.safety.text_judge, text_model, text_max_tokens)
     cfg.safety.text_judge.max_retries = text_retries
+    # these tests put the tiny JSON judge in both roles: the policy-JSON text path (the smoke recipe's
+    # own text guard answers in Qwen3Guard's format: tests/e2e/test_real_vllm.py, test_smoke.py)
+    cfg.safety.text_judge_format = "policy_json"
     validate(cfg)
     return ingested_run(cfg)
 
@@ -224,6 +227,7 @@ def fake_run(tmp_path: Path, url: str, retries: int = 1) -> RunDir:
         judge.server = ServerConfig(mode="external", url=url)
         judge.max_retries, judge.max_concurrency = retries, 4
         judge.backoff_base_s = judge.backoff_max_s = 0.01
+    cfg.safety.text_judge_format = "policy_json"  # the fake answers LlavaGuard's JSON for both roles
     validate(cfg)
     return ingested_run(cfg)
 

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import ain
+from ain import PROJECT_ROOT
 from ain.config_base import ConfigError
 
 # What a job reads from the checkout at run time, relative to the project root.
@@ -28,7 +29,7 @@ _SKIPPED_SUFFIXES = (".pyc", ".pyo")
 def source_root() -> Path:
     """The project root the running `ain` package was imported from (lib/ain -> root); inside a
     pinned job this is the snapshot itself, so a launch from a job re-pins identical code."""
-    return Path(ain.__file__).resolve().parents[2]
+    return PROJECT_ROOT
 
 
 def package_dir() -> str:

@@ -13,6 +13,7 @@ so this module and the scheduler below the components never import a component.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import itertools
 import json
@@ -20,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator, Optional, TypeVar
 
 from ain.atomic import ResumableJsonl
 from ain.config_base import ConfigError, JudgeConfig, Resources
@@ -138,6 +139,72 @@ def windows(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
     """Consecutive lists of `size` items (the last may be shorter): a task's commit windows."""
     while window := list(itertools.islice(items, size)):
         yield window
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def ordered_pipeline(items: Iterable[T], work: Callable[[T], Awaitable[R]], emit: Callable[[T, R], None],
+                           commit: Callable[[int], None], *, commit_every: int, in_flight: int,
+                           max_pending: int = 0) -> int:
+    """`await work(item)` for up to `in_flight` items at once, continuously: as any one finishes the
+    next item starts, so a slow item does not hold the others back as a window would. Results
+    are handed to `emit(item, result)` strictly in input order (a finished item waits for every
+    earlier one), and `commit(n)` is called after every `commit_every` items emitted and once at
+    the end, n counting the items emitted so far: everything emitted before commit(n) belongs to
+    the first n items, so a resumed caller skips exactly n items.
+
+    `max_pending` (at least `in_flight`; 0: `in_flight`) bounds the items started and not yet
+    emitted: those running plus those finished and waiting for an earlier, slower one (memory,
+    and the work a restart redoes). When reached, nothing starts until the earliest finishes.
+
+    An exception from `work` (or from `emit`/`commit`) cancels every running item and
+    propagates; nothing emitted after the last commit(n) is committed. Returns the items emitted.
+    """
+    if in_flight < 1 or commit_every < 1:
+        raise ValueError(f"in_flight and commit_every must be >= 1, got {in_flight} and {commit_every}")
+    max_pending = max(max_pending, in_flight)
+    source = iter(items)
+    exhausted = False
+    done: asyncio.Queue[asyncio.Future[R]] = asyncio.Queue()
+    running: dict[asyncio.Future[R], int] = {}      # task -> input index
+    waiting: dict[int, tuple[T, Any]] = {}          # input index -> (item, result or pending marker)
+    started = emitted = committed = 0
+    unfinished = object()
+    try:
+        while True:
+            while not exhausted and len(running) < in_flight and started - emitted < max_pending:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                task = asyncio.ensure_future(work(item))
+                task.add_done_callback(done.put_nowait)
+                running[task] = started
+                waiting[started] = (item, unfinished)
+                started += 1
+            if not running:
+                break  # every started item has been emitted: its predecessors all finished
+            task = await done.get()
+            index = running.pop(task)
+            waiting[index] = (waiting[index][0], task.result())  # re-raises the item's exception
+            while emitted in waiting and waiting[emitted][1] is not unfinished:
+                item, result = waiting.pop(emitted)
+                emit(item, result)
+                emitted += 1
+                if emitted - committed >= commit_every:
+                    commit(emitted)
+                    committed = emitted
+        if emitted > committed:
+            commit(emitted)
+        return emitted
+    finally:
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,26 @@ class TranslateConfig:
     num_tasks: int = 2
     """Array size; each task takes a deterministic share of the ingested English samples."""
     commit_every: int = 16
-    """Samples between progress commits."""
+    """Samples between progress commits, counted along the input order: rows are written and
+    committed in input order, so a resumed task starts exactly at its last commit. Not a window:
+    samples start as others finish (in_flight_samples), whatever the commit points."""
+    in_flight_samples: int = 0
+    """Samples in translation at once; as any one finishes the next starts. 0: the translator's
+    max_concurrency (each such sample has at least one request to send, so the client keeps
+    max_concurrency requests in flight and the server's batch full)."""
+    max_pending_samples: int = 0
+    """Most samples started and not yet written: those in flight plus finished ones waiting for an
+    earlier, slower one (bounds memory and what a restart redoes, from the response cache). When
+    reached, no sample starts until the earliest finishes. 0: 4 x the samples in flight."""
     resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=2, mem_gb=16, time_min=240))
+
+    def samples_in_flight(self) -> int:
+        """`in_flight_samples`, 0 resolved to the translator's max_concurrency."""
+        return self.in_flight_samples or self.translator.max_concurrency
+
+    def pending_samples(self) -> int:
+        """`max_pending_samples`, 0 resolved to 4 x samples_in_flight()."""
+        return self.max_pending_samples or 4 * self.samples_in_flight()
 
     def resolve(self, cfg: "RunConfig") -> None:
         self.translator.model = absolute_if_local(self.translator.model)
@@ -84,6 +102,10 @@ class TranslateConfig:
         need(1 <= self.min_output_tokens <= self.translator.max_tokens, "translate.min_output_tokens",
              f"must be in 1..translate.translator.max_tokens ({self.translator.max_tokens})")
         need(self.commit_every >= 1, "translate.commit_every", "must be >= 1")
+        need(self.in_flight_samples >= 0, "translate.in_flight_samples", "must be >= 0 (0: translator.max_concurrency)")
+        need(self.max_pending_samples == 0 or self.max_pending_samples >= self.samples_in_flight(),
+             "translate.max_pending_samples", f"must be 0 (4 x the samples in flight) or >= the samples in flight "
+             f"({self.samples_in_flight()})")
         for key in ("to_ar_prompt", "to_en_prompt"):
             need("{text}" in getattr(self, key), f"translate.{key}", "must contain {text}")
 

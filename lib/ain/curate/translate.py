@@ -1,10 +1,15 @@
 """The translate stage: English samples from ingest -> first-attempt round trips (EN->AR->EN).
 
 Each task takes a deterministic share of the English samples, brings up (or connects to) the
-translator endpoint per `translate.translator.server.mode`, and works through its share in
-windows of `commit_every` samples, all requests of a window in flight together (bounded by the
-client's concurrency). Each window is committed atomically, so a preempted task resumes at the
-first uncommitted window; the response cache means re-sent requests are not paid for twice.
+translator endpoint per `translate.translator.server.mode`, and works through its share as a
+pipeline (`ain.stages.ordered_pipeline`): up to `translate.in_flight_samples` samples are in
+translation at once (default `translator.max_concurrency`, so the client always has that many
+requests to send and the server's batch stays full), and as any one finishes the next starts;
+no window waits for its slowest sample. Rows are written in input order, a finished sample
+waiting for every earlier one (at most `translate.max_pending_samples` started and not yet
+written), and every `commit_every` samples of that in-order prefix are committed atomically, so
+a preempted task resumes exactly at its last committed position, with nothing lost, duplicated
+or reordered; the response cache means re-sent requests are not paid for twice.
 
 Output rows (`translations-<i>.jsonl`): {"id", "sample": <English sample>, "attempts": [attempt]}.
 Samples the policy excludes (empty, over-long) go to `skipped-<i>.jsonl` with the reason.
@@ -14,13 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from typing import Any
+from typing import Any, Iterator, Optional
 
+from ain.atomic import ResumableJsonl
 from ain.curate.translator import Translator, UntranslatableSample
 from ain.serve.client import ChatClient, ResponseCache
 from ain.serve.server import endpoint
-from ain.stages import TaskContext, windows
+from ain.stages import TaskContext, ordered_pipeline
 
 
 def is_english(sample: dict[str, Any]) -> bool:
@@ -65,27 +72,47 @@ def run_translate_task(ctx: TaskContext) -> dict[str, Any]:
 
 async def _translate_all(ctx: TaskContext, ep, rows, out, temperature: float) -> None:
     async with translator_session(ctx, ep) as translator:
-        position = out.position
-        for window in windows(rows, ctx.cfg.translate.commit_every):
-            t0 = time.time()
-            results = await asyncio.gather(*(_first_attempt(translator, s, temperature) for s in window))
-            for sample, (attempt, skip_reason) in zip(window, results):
-                if skip_reason:
-                    out.write("skipped", {"id": sample["id"], "reason": skip_reason})
-                    out.count("skipped")
-                    out.count(f"skipped_{skip_reason.split(':', 1)[0]}")
-                    continue
-                out.write("translations", {"id": sample["id"], "sample": sample, "attempts": [attempt]})
-                out.count("translated")
-                if attempt["error"]:
-                    out.count("first_attempt_errors")
-            position += len(window)
-            out.commit(position)
-            ctx.log.info("translate task %d: %d samples committed (%.2f samples/s in this window)",
-                         ctx.index, position, len(window) / max(time.time() - t0, 1e-9))
+        await translate_rows(translator, rows, out, temperature, log=ctx.log, label=f"translate task {ctx.index}")
 
 
-async def _first_attempt(translator: Translator, sample: dict[str, Any], temperature: float):
+async def translate_rows(translator: Translator, rows: Iterator[dict[str, Any]], out: ResumableJsonl,
+                         temperature: float, *, log: logging.Logger, label: str = "translate") -> None:
+    """First attempts of `rows` (the samples after `out.position`) into `out`, in input order,
+    committed every `commit_every` samples of completed prefix; see the module docstring."""
+    cfg = translator.cfg
+    start, last = out.position, [out.position, time.time()]
+
+    def emit(sample: dict[str, Any], result: tuple[Optional[dict[str, Any]], Optional[str]]) -> None:
+        write_first_attempt(out, sample, *result)
+
+    def commit(done: int) -> None:
+        position = start + done
+        out.commit(position)
+        now = time.time()
+        log.info("%s: %d samples committed (%.2f samples/s since the last commit)", label, position,
+                 (position - last[0]) / max(now - last[1], 1e-9))
+        last[:] = [position, now]
+
+    await ordered_pipeline(rows, lambda sample: first_attempt(translator, sample, temperature), emit, commit,
+                           commit_every=cfg.commit_every, in_flight=cfg.samples_in_flight(),
+                           max_pending=cfg.pending_samples())
+
+
+def write_first_attempt(out: ResumableJsonl, sample: dict[str, Any], attempt: Optional[dict[str, Any]],
+                        skip_reason: Optional[str]) -> None:
+    """The rows and counters of one sample's first attempt (or of its skip)."""
+    if skip_reason:
+        out.write("skipped", {"id": sample["id"], "reason": skip_reason})
+        out.count("skipped")
+        out.count(f"skipped_{skip_reason.split(':', 1)[0]}")
+        return
+    out.write("translations", {"id": sample["id"], "sample": sample, "attempts": [attempt]})
+    out.count("translated")
+    if attempt["error"]:
+        out.count("first_attempt_errors")
+
+
+async def first_attempt(translator: Translator, sample: dict[str, Any], temperature: float):
     try:
         turns = translator.prepare(sample)
     except UntranslatableSample as exc:

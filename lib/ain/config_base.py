@@ -151,6 +151,15 @@ class ClusterConfig:
     """Times one task may be requeued after preemption or time limit before it is failed."""
     extra_sbatch: dict[str, str] = field(default_factory=dict)
     """Extra sbatch options, name -> value (e.g. {reservation: big, exclusive: ""})."""
+    exclusive_multi_node: bool = False
+    """Multi-node jobs (training) take whole nodes: `--exclusive`, and `--mem=0` (all of each
+    node's memory) where the stage's resources.mem_gb is 0. false: nodes may be shared and
+    mem_gb 0 leaves the memory to the site's default."""
+    nccl_env: dict[str, str] = field(default_factory=dict)
+    """Environment exported in jobs with more than one rank on GPUs (train, vdr_train; both
+    launch paths), e.g. {NCCL_DEBUG: WARN, TORCH_NCCL_ASYNC_ERROR_HANDLING: "3",
+    DEEPSPEED_TIMEOUT: "30"} or the site's NCCL_SOCKET_IFNAME / NCCL_IB_HCA. Values are literal
+    (no $VAR expansion; use `setup` for that)."""
     setup: list[str] = field(default_factory=list)
     """Shell lines run in each job before the task (module load ..., source venv/bin/activate)."""
     poll_s: float = 2.0

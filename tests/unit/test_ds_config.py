@@ -1,4 +1,5 @@
-"""ain.train.ds_config: batch arithmetic, ZeRO/bf16 fields, and a real deepspeed.initialize."""
+"""ain.train.ds_config: batch arithmetic, ZeRO/bf16 fields, the optimizer (torch's AdamW as a
+client optimizer, no DeepSpeed FusedAdam), and a real deepspeed.initialize."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import replace
 import pytest
 
 from ain.train.config import TrainConfig
-from ain.train.ds_config import deepspeed_config, derive_batch, warmup_steps
+from ain.train.ds_config import deepspeed_config, derive_batch, make_optimizer, optimizer_kwargs, warmup_steps
 
 
 @pytest.mark.parametrize("micro,accum,world,expected", [
@@ -46,8 +47,10 @@ def test_report_config_zero3_bf16():
     assert z["stage"] == 3 and z["overlap_comm"] and z["contiguous_gradients"]
     assert z["stage3_gather_16bit_weights_on_model_save"] is True
     assert "allgather_partitions" not in z
-    assert ds["optimizer"] == {"type": "AdamW", "params": {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8,
-                                                           "weight_decay": 0.0}}
+    # no optimizer block: with one DeepSpeed would build (JIT-compile, per rank) FusedAdam on GPU
+    assert "optimizer" not in ds and "FusedAdam" not in json.dumps(ds)
+    assert optimizer_kwargs(cfg, on_cpu=False) == {"lr": 1e-5, "betas": (0.9, 0.999), "eps": 1e-8,
+                                                   "weight_decay": 0.0, "fused": True}
     sched = ds["scheduler"]
     assert sched["type"] == "WarmupCosineLR"
     assert sched["params"] == {"total_num_steps": 28125, "warmup_num_steps": 2813, "warmup_min_ratio": 0.0,
@@ -58,12 +61,27 @@ def test_report_config_zero3_bf16():
 
 def test_zero2_cpu_fp32():
     cfg = TrainConfig(zero_stage=2, bf16=False, weight_decay=0.01)
-    ds = deepspeed_config(cfg, world_size=2, total_steps=10, on_cpu=True)
+    ds = deepspeed_config(cfg, world_size=2, total_steps=10)
     z = ds["zero_optimization"]
     assert z["stage"] == 2 and not any(k.startswith("stage3_") for k in z)
     assert ds["bf16"] == {"enabled": False}
-    assert ds["optimizer"]["params"]["torch_adam"] is True and ds["optimizer"]["params"]["weight_decay"] == 0.01
+    kwargs = optimizer_kwargs(cfg, on_cpu=True)
+    assert kwargs["fused"] is False and kwargs["weight_decay"] == 0.01  # plain AdamW on CPU
     assert ds["train_batch_size"] == 4
+
+
+def test_make_optimizer_is_torch_adamw():
+    torch = pytest.importorskip("torch")
+    cfg = TrainConfig(lr=3e-4, weight_decay=0.1)
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    opt = make_optimizer(cfg, on_cpu=True)(params)
+    assert type(opt) is torch.optim.AdamW  # one of ZeRO's supported optimizers
+    group = opt.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (3e-4, (0.9, 0.999), 1e-8, 0.1)
+    assert not group["fused"]
+    if torch.cuda.is_available():  # the cluster's case
+        opt = make_optimizer(cfg, on_cpu=False)([torch.nn.Parameter(torch.zeros(3, device="cuda"))])
+        assert opt.param_groups[0]["fused"] is True
 
 
 def test_warmup_and_bad_inputs():
@@ -79,7 +97,7 @@ _SCRIPT = textwrap.dedent("""
     import json, sys
     import torch, deepspeed
     from ain.train.config import TrainConfig
-    from ain.train.ds_config import deepspeed_config
+    from ain.train.ds_config import deepspeed_config, make_optimizer
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="gloo")
     out = {}
@@ -88,8 +106,9 @@ _SCRIPT = textwrap.dedent("""
         model = torch.nn.Linear(8, 1)
         cfg = TrainConfig(zero_stage=stage, bf16=False, micro_batch_size=2, grad_accum=1,
                           lr=1e-2, warmup_ratio=0.3)
-        ds = deepspeed_config(cfg, world_size=1, total_steps=10, on_cpu=True)
-        engine, opt, _, sched = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
+        ds = deepspeed_config(cfg, world_size=1, total_steps=10)
+        engine, opt, _, sched = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds,
+                                                     optimizer=make_optimizer(cfg, on_cpu=True))
         x, y = torch.randn(2, 8), torch.randn(2, 1)
         lrs, losses = [], []
         for _ in range(6):
@@ -99,7 +118,8 @@ _SCRIPT = textwrap.dedent("""
             engine.step()
             losses.append(loss.item())
         out[stage] = {"lrs": lrs, "losses": losses, "sched": type(sched).__name__,
-                      "opt": type(engine.optimizer).__name__, "batch": engine.train_batch_size()}
+                      "opt": type(engine.optimizer).__name__, "basic": type(engine.basic_optimizer).__module__
+                      + "." + type(engine.basic_optimizer).__name__, "batch": engine.train_batch_size()}
     print("RESULT " + json.dumps(out))
 """)
 
@@ -125,6 +145,7 @@ def test_deepspeed_initialize_cpu(tmp_path):
     for stage in ("2", "3"):
         r = out[stage]
         assert r["sched"] == "WarmupCosineLR" and r["batch"] == 2
+        assert r["basic"] == "torch.optim.adamw.AdamW"  # the client optimizer, wrapped by ZeRO
         # lr used by optimizer step i (0-based): DeepSpeed's scheduler lags one step in the warmup
         # (steps 0 and 1 at 0, step i < warm+1 at (i-1)/warm); from step warm+1 on it equals HF's
         # cosine: 0.5 * (1 + cos(pi * (i - warm) / (total - warm)))

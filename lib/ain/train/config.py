@@ -19,7 +19,9 @@ class TrainConfig:
     model: str = "Qwen/Qwen2-VL-7B-Instruct"
     """Hub id or local directory of the base model (Qwen2VLForConditionalGeneration + processor)."""
     attn_implementation: str = "sdpa"
-    """sdpa, eager or flash_attention_2 (needs the gpu extra; the cluster recipe sets it)."""
+    """sdpa, eager or flash_attention_2 (the cluster recipe's). flash_attention_2 is used by each rank
+    where flash_attn imports, the GPU has compute capability >= 8.0 and bf16 is on; elsewhere that
+    rank falls back to sdpa with a warning, recorded in metrics.jsonl (ain.train.attention)."""
     freeze_vision_tower: bool = True
     """Keep the vision tower (visual.patch_embed, visual.blocks) frozen, as LLaMA-Factory's Qwen2-VL
     full-SFT example does (hiyouga/LLaMA-Factory examples/train_full/qwen2vl_full_sft.yaml: both
@@ -65,7 +67,8 @@ class TrainConfig:
     epochs: int = 1
     """Passes over the packed data (the report: 1)."""
     zero_stage: int = 3
-    """DeepSpeed ZeRO stage (2 or 3)."""
+    """DeepSpeed ZeRO stage (2 or 3). 3 also builds the model partitioned at load (deepspeed.zero.Init:
+    no full copy per rank in CPU memory)."""
     num_workers: int = 2
     """Data-loader workers per rank."""
     save_every_steps: int = 500

@@ -4,8 +4,16 @@ We call `deepspeed.initialize(config=...)` directly (no HF Trainer integration),
 is numeric: no "auto". Batch: train_batch_size = micro x accum x world (the report: 64 GPUs x 1
 x 2 = 128); a non-zero `train.global_batch_size` must equal that product.
 
-Optimizer: AdamW (lr, betas (0.9, 0.999), eps 1e-8, weight_decay). On CPU `"torch_adam": true`
-so DeepSpeed uses torch's AdamW instead of JIT-compiling its own (ENVIRONMENT.md).
+Optimizer: torch's AdamW (lr, betas (0.9, 0.999), eps 1e-8, weight_decay), `fused=True` on CUDA
+and the plain implementation on CPU, handed to `deepspeed.initialize(optimizer=make_optimizer(
+cfg, on_cpu))` as a client optimizer; the JSON has no "optimizer" block. With one, DeepSpeed 0.19.8
+builds its FusedAdam on GPU (engine.get_optimizer_configuration: unless "torch_adam"), a CUDA
+extension that every rank JIT-compiles at start-up (ninja, nvcc, a lock in TORCH_EXTENSIONS_DIR)
+before the first step. torch.optim.AdamW is one of ZeRO's supported optimizers
+(deepspeed/runtime/zero/utils.py ZERO_SUPPORTED_OPTIMIZERS), the WarmupCosineLR below is built
+from the JSON around it, and DeepSpeed calls the factory after it has moved the model to the
+device, so the fused kernels see CUDA tensors. Checkpoints hold torch AdamW's state (what the
+CPU runs always used); one written with FusedAdam's does not load into it.
 
 Schedule: DeepSpeed 0.19.8's `WarmupCosineLR` (deepspeed/runtime/lr_schedules.py), whose values
 are RATIOS of the optimizer lr: linear warmup from 0 over ceil(warmup_ratio x total_steps) steps
@@ -21,7 +29,7 @@ restored by save_checkpoint/load_checkpoint; do not step it by hand.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 from ain.train.config import TrainConfig
 
@@ -50,9 +58,29 @@ def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
     return max(1, math.ceil(cfg.warmup_ratio * total_steps))
 
 
-def deepspeed_config(cfg: TrainConfig, world_size: int, total_steps: int, on_cpu: bool = False,
+def optimizer_kwargs(cfg: TrainConfig, on_cpu: bool) -> dict[str, Any]:
+    """torch.optim.AdamW's arguments (besides the parameters): fused on CUDA, plain on CPU."""
+    return {"lr": cfg.lr, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": cfg.weight_decay,
+            "fused": not on_cpu}
+
+
+def make_optimizer(cfg: TrainConfig, on_cpu: bool) -> Callable[[Any], Any]:
+    """`deepspeed.initialize(optimizer=...)`: a factory DeepSpeed calls with the model parameters
+    once the model is on its device."""
+    kwargs = optimizer_kwargs(cfg, on_cpu)
+
+    def build(params):
+        import torch  # noqa: PLC0415 (torch only inside the job)
+
+        return torch.optim.AdamW(params, **kwargs)
+
+    return build
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int, total_steps: int,
                      steps_per_print: int = 10) -> dict[str, Any]:
-    """The dict for deepspeed.initialize(config=...). `total_steps`: optimizer steps of the run."""
+    """The dict for deepspeed.initialize(config=...). `total_steps`: optimizer steps of the run.
+    No optimizer block: pass `make_optimizer(cfg, on_cpu)` as the optimizer."""
     if cfg.zero_stage not in (2, 3):
         raise ValueError(f"train.zero_stage must be 2 or 3, got {cfg.zero_stage}")
     if total_steps < 1:
@@ -76,10 +104,6 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, total_steps: int, on_cpu
             "stage3_max_reuse_distance": 1_000_000_000,
             "stage3_gather_16bit_weights_on_model_save": True,
         })
-    optimizer_params: dict[str, Any] = {"lr": cfg.lr, "betas": [0.9, 0.999], "eps": 1e-8,
-                                        "weight_decay": cfg.weight_decay}
-    if on_cpu:
-        optimizer_params["torch_adam"] = True
     return {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accum,
@@ -88,7 +112,6 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, total_steps: int, on_cpu
         "bf16": {"enabled": bool(cfg.bf16)},
         "fp16": {"enabled": False},
         "zero_optimization": zero,
-        "optimizer": {"type": "AdamW", "params": optimizer_params},
         "scheduler": {"type": "WarmupCosineLR", "params": {
             "total_num_steps": int(total_steps),
             "warmup_num_steps": warmup_steps(cfg, total_steps),

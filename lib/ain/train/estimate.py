@@ -15,6 +15,9 @@ samples that is, and the optimizer steps the LR schedule will span: replayed fro
 token lengths when the pack stage recorded them (ain.train.loop.plan_schedule, what the train
 stage itself does for every rank; here rank 0 only, so within a step or two), else estimated at
 train.tokens_per_sample.
+
+Attention (third line): the kernel each training rank will try (ain.train.attention.plan_attention;
+the ranks decide on their own GPUs).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from ain.data.shards import read_manifest
+from ain.train.attention import plan_attention
 from ain.train.ds_config import warmup_steps
 from ain.train.loop import Schedule, estimated_schedule, manifest_lengths, plan_schedule
 from ain.train.telemetry import read_metrics
@@ -48,6 +52,7 @@ class GpuHours:
     schedule_error: str = ""
     warmup_steps: int = 0
     tokens_source: str = "train.tokens_per_sample"
+    attention: str = ""
 
     @property
     def gpu_hours(self) -> float:
@@ -74,7 +79,7 @@ class GpuHours:
                 f"{self.tokens / max(self.samples, 1):,.0f} tokens ({self.tokens_source}) = {self.tokens:,.0f} tokens; at "
                 f"{self.tokens_per_gpu_s:,.0f} tokens/s per GPU ({self.throughput_source}): "
                 f"{self.gpu_hours:,.1f} GPU-hours, {self.wall_hours:,.1f} h on {self.gpus} GPUs\n"
-                f"{self.shape()}")
+                f"{self.shape()}" + (f"\n{self.attention}" if self.attention else ""))
 
 
 def estimate_train(cfg: RunConfig, run_root: Path) -> GpuHours:
@@ -110,4 +115,5 @@ def estimate_train(cfg: RunConfig, run_root: Path) -> GpuHours:
         error = str(exc)
     return GpuHours(samples, samples_source, tokens, rate, rate_source, devices, nodes=t.resources.nodes,
                     gpus_per_node=max(t.resources.gpus_per_node, 0), max_length=t.max_length, schedule=schedule,
-                    schedule_error=error, warmup_steps=warmup, tokens_source=tokens_source)
+                    schedule_error=error, warmup_steps=warmup, tokens_source=tokens_source,
+                    attention=plan_attention(t.attn_implementation, t.bf16))

@@ -7,6 +7,13 @@ the launcher; DeepSpeed ignores Slurm's variables), a single process when absent
 (`not torch.cuda.is_available()`): DS_ACCELERATOR=cpu, the shared-memory comm op disabled (it
 would JIT-compile with g++), gloo; on GPU nccl (see /work/shared/ENVIRONMENT.md).
 
+Model and optimizer (`load_model`, ain.train.ds_config): under ZeRO-3 the model is built
+partitioned (deepspeed.zero.Init through transformers' HfDeepSpeedConfig; rank 0 alone reads the
+weights), so the DeepSpeed config, and with it the schedule's length, is settled before the model
+loads; the attention kernel is probed per rank (ain.train.attention: flash_attention_2 where it
+runs, else sdpa, recorded in metrics.jsonl); the optimizer is torch's AdamW (fused on CUDA) given
+to deepspeed.initialize, not DeepSpeed's JIT-built FusedAdam.
+
 Data path per rank: ShardDataset (this rank's share of the epoch, `cfg.num_workers` DataLoader
 workers, 0 = main process) -> transform `Encoder` (encode_sample + rope_positions, in the
 workers) -> `StreamPacker` in the main process (buffered best-fit decreasing, the streaming form
@@ -268,6 +275,17 @@ def dist_env() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
 
 
+def check_gpus_usable(on_cpu: bool, torch_version: str, torch_cuda: Optional[str]) -> None:
+    """Slurm gave this job GPUs (SLURM_GPUS_ON_NODE) but torch sees none: stop now, naming the
+    likely cause, instead of training on the CPU for days (the CPU path is for tests). PyPI's
+    torch wheels are built for one CUDA version (torch 2.14: 13.0) and need a driver that runs it."""
+    gpus = os.environ.get("SLURM_GPUS_ON_NODE", "").strip()
+    if on_cpu and gpus.isdigit() and int(gpus) > 0:
+        raise RuntimeError(f"Slurm allocated {gpus} GPU(s) on this node but torch {torch_version} (built for CUDA "
+                           f"{torch_cuda}) sees none: is the NVIDIA driver older than that CUDA needs "
+                           "(nvidia-smi), or CUDA_VISIBLE_DEVICES empty? See README, 'On a cluster'.")
+
+
 def init_distributed(on_cpu: bool) -> None:
     if on_cpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -434,13 +452,46 @@ def plan_schedule(manifest: list[dict], cfg: TrainConfig, world_size: int, seed:
 
 
 # ------------------------------------------------------------------------------ model
-def load_model(cfg: TrainConfig):
+_ZERO3_CONFIG: Any = None  # transformers keeps only a weak reference to it; alive while the process trains
+
+
+def load_model(cfg: TrainConfig, ds_config: Optional[dict] = None, attention=None):
+    """(model, processor, attention choice). Under ZeRO-3 (`ds_config` with zero stage 3) the
+    model is built inside `deepspeed.zero.Init`: transformers' HfDeepSpeedConfig, registered
+    before `from_pretrained`, makes it construct every parameter already partitioned across the
+    ranks, read the weights on rank 0 only (the other ranks map the checkpoint to the meta device)
+    and scatter them, so 8 ranks of a node hold 1/world of the model each instead of 8 full
+    copies in CPU memory (~15 GB each for 7B in bf16). ZeRO-2 loads a full copy per rank as
+    before. The attention kernel is probed first (ain.train.attention): flash_attention_2 only
+    where it can run, else sdpa with a warning; a from_pretrained that still refuses flash
+    attention falls back the same way."""
     import torch
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
+    from ain.train.attention import FALLBACK, FLASH, AttentionChoice, choose_attention
+
+    global _ZERO3_CONFIG
+    if ds_config is not None and int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        _ZERO3_CONFIG = HfDeepSpeedConfig(ds_config)
+    else:
+        release_zero3_config()
+    choice = attention or choose_attention(cfg.attn_implementation, bf16=cfg.bf16)
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-    model = Qwen2VLForConditionalGeneration.from_pretrained(cfg.model, dtype=dtype,
-                                                            attn_implementation=cfg.attn_implementation)
+
+    def build(implementation: str):
+        return Qwen2VLForConditionalGeneration.from_pretrained(cfg.model, dtype=dtype,
+                                                               attn_implementation=implementation)
+
+    try:
+        model = build(choice.implementation)
+    except (ImportError, ValueError) as exc:  # transformers' own flash-attention checks
+        if choice.implementation != FLASH:
+            raise
+        log.warning("from_pretrained refused %s (%s): using %s", FLASH, exc, FALLBACK)
+        choice = AttentionChoice(choice.requested, FALLBACK, f"from_pretrained: {type(exc).__name__}: {exc}")
+        model = build(FALLBACK)
     processor = AutoProcessor.from_pretrained(cfg.model)
     text_config = getattr(model.config, "text_config", model.config)
     text_config.use_cache = False
@@ -449,7 +500,24 @@ def load_model(cfg: TrainConfig):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     freeze_modules(model, cfg)
     model.train()
-    return model, processor
+    return model, processor, choice
+
+
+def zero3_init_active() -> bool:
+    """Whether from_pretrained would build the model partitioned (ZeRO-3 config registered)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return bool(is_deepspeed_zero3_enabled())
+
+
+def release_zero3_config() -> None:
+    """Forget the ZeRO-3 config (the end of a training run in this process)."""
+    global _ZERO3_CONFIG
+    if _ZERO3_CONFIG is not None:
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        _ZERO3_CONFIG = None
 
 
 def freeze_modules(model, cfg: TrainConfig) -> list[str]:
@@ -467,6 +535,29 @@ def freeze_modules(model, cfg: TrainConfig) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ loop
+class _RowFields:
+    """metrics.jsonl as TrainLog writes it (one `write` per row), with fixed fields added to
+    every row: the attention kernel this run uses (ain.train.attention)."""
+
+    def __init__(self, f, fields: dict) -> None:
+        self.f, self.fields = f, dict(fields)
+
+    def write(self, text: str) -> int:
+        row = json.loads(text)
+        row.update(self.fields)
+        return self.f.write(json.dumps(row) + "\n")
+
+    def __getattr__(self, name: str):  # flush, close, ...
+        return getattr(self.f, name)
+
+
+def add_row_fields(train_log, fields: dict) -> None:
+    """Every metrics.jsonl row `train_log` writes from now on carries `fields` (rank 0 writes
+    the file; other ranks have none)."""
+    if getattr(train_log, "_metrics", None) is not None:
+        train_log._metrics = _RowFields(train_log._metrics, fields)
+
+
 def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max_steps: int | None = None,
           stop_flag: Callable[[], bool] | None = None, log_dir: Path | None = None) -> dict:
     """Train (or resume from out_dir/latest) until max_steps, the end of cfg.epochs, or
@@ -475,21 +566,23 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
     this process, in order), "skipped", "buffered_at_save" (samples the packer held at the last
     save), "total_steps" (the LR schedule's length: max_steps, else the planned steps),
     "planned_steps", "schedule_exact" (replayed from manifest lengths, not estimated),
-    "grad_accum" (as derived)}. Per-step metrics and sample ids go to `log_dir` (default out_dir;
-    see ain.train.telemetry)."""
+    "grad_accum" (as derived), "attn_implementation" and "attn_fallback" (ain.train.attention),
+    "optimizer" (the class DeepSpeed steps), "zero3_init" (model built partitioned)}. Per-step
+    metrics and sample ids go to `log_dir` (default out_dir; see ain.train.telemetry)."""
     import torch
     import torch.distributed as tdist
     from torch.utils.data import DataLoader
 
     from ain.data.shards import read_manifest
     from ain.train.collate import collate_packed
-    from ain.train.ds_config import deepspeed_config
+    from ain.train.ds_config import deepspeed_config, make_optimizer
     from ain.train.stream import CollateWithState, ShardDataset, StateTracker
     from ain.train.telemetry import TrainLog, count_parameters, row_flops
 
     if cfg.micro_batch_size != 1:
         raise ValueError("train.micro_batch_size must be 1: a packed row is a batch of 1 (use grad_accum)")
     on_cpu = not torch.cuda.is_available()
+    check_gpus_usable(on_cpu, torch.__version__, torch.version.cuda)
     rank, world, local_rank = dist_env()
     if not on_cpu:
         torch.cuda.set_device(local_rank)
@@ -502,14 +595,14 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
     if not manifest:
         raise FileNotFoundError(f"no manifest-*.jsonl with shards in {manifest_dir}")
     cfg = replace(cfg, grad_accum=cfg.accum_for(world))  # 0 = derived from the global batch
-    torch.manual_seed(seed)
-    model, processor = load_model(cfg)
 
     def reduce_min(values: list[int]) -> list[int]:
         t = torch.tensor(values, dtype=torch.long, device="cuda" if not on_cpu else "cpu")
         tdist.all_reduce(t, op=tdist.ReduceOp.MIN)
         return [int(v) for v in t.tolist()]
 
+    # the schedule first: the DeepSpeed config (its scheduler's length) must exist before the
+    # model does, for ZeRO-3 to build the model partitioned (load_model)
     schedule = plan_schedule(manifest, cfg, world, seed, ranks=[rank], reduce_min=reduce_min)
     if not schedule.exact:
         log.warning("LR schedule over an ESTIMATED %d steps: %s", schedule.total_steps, schedule.source)
@@ -517,9 +610,17 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
     log.info("%d optimizer steps (%s; steps per epoch %s) of %d rows = %d ranks x micro 1 x accum %d",
              total_steps, schedule.source if not max_steps else "max_steps", schedule.steps_per_epoch,
              cfg.grad_accum * world, world, cfg.grad_accum)
+    ds_cfg = deepspeed_config(cfg, world, total_steps)
+    torch.manual_seed(seed)
+    model, processor, attention = load_model(cfg, ds_cfg)
+    zero3_init = zero3_init_active()
+    log.info("model loaded: attention %s%s; %s", attention.implementation,
+             f" (asked {attention.requested}: {attention.fallback})" if attention.fallback else "",
+             "built partitioned (ZeRO-3 init)" if zero3_init else "a full copy on this rank")
     params = [p for p in model.parameters() if p.requires_grad]
-    ds_cfg = deepspeed_config(cfg, world, total_steps, on_cpu=on_cpu)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_cfg)
+    # torch's AdamW (fused on CUDA) as a client optimizer: no FusedAdam JIT build (ds_config)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_cfg,
+                                           optimizer=make_optimizer(cfg, on_cpu))
     device = engine.device
 
     # resume
@@ -550,6 +651,7 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
     n_text, n_vision = count_parameters(model)
     train_log = TrainLog(Path(log_dir or out_dir), rank, resumed_from, world_size=world,
                          peak_flops=cfg.peak_tflops_per_gpu * 1e12, log_every=cfg.log_every_steps)
+    add_row_fields(train_log, attention.record())
 
     def make_packer(epoch: int, state: Optional[dict]) -> tuple[StreamPacker, Any]:
         tracker = StateTracker(cfg.num_workers, epoch=epoch, state=state["tracker"] if state else None)
@@ -674,12 +776,15 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
                     "planned", step, schedule.total_steps, schedule.source)
     counters["skipped"] = dict(skipped)
     train_log.close()
+    release_zero3_config()
     finish_distributed()
     return {"steps": step, "losses": losses, "samples_seen": counters["samples_seen"],
             "resumed_from_step": resumed_from, "stopped_early": stopped_early, "sample_ids": sample_ids,
             "skipped": dict(skipped), "rows": counters["rows"], "buffered_at_save": buffered_at_save,
             "total_steps": total_steps, "planned_steps": schedule.total_steps, "schedule_exact": schedule.exact,
-            "grad_accum": cfg.grad_accum}
+            "grad_accum": cfg.grad_accum, "attn_implementation": attention.implementation,
+            "attn_fallback": attention.fallback, "optimizer": type(engine.basic_optimizer).__name__,
+            "zero3_init": bool(zero3_init)}
 
 
 def main_json(args: dict) -> dict:  # pragma: no cover - convenience for subprocess callers

@@ -42,4 +42,5 @@ def run_train_task(ctx: TaskContext) -> dict[str, Any]:
     return {"items": result["samples_seen"], "steps": result["steps"], "rows": result["rows"],
             "rank": rank, "world_size": world, "final_loss": result["losses"][-1] if result["losses"] else None,
             "first_loss": result["losses"][0] if result["losses"] else None,
-            "resumed_from_step": result["resumed_from_step"], "skipped": result["skipped"]}
+            "resumed_from_step": result["resumed_from_step"], "skipped": result["skipped"],
+            "attn_implementation": result.get("attn_implementation"), "attn_fallback": result.get("attn_fallback")}

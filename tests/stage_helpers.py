@@ -18,3 +18,17 @@ def ingested_run(cfg: RunConfig) -> RunDir:
     for i in range(cfg.ingest.num_tasks):
         StageTask(str(run.root), "ingest")(i)
     return run
+
+
+def packed_rows(packer, limit=None, held=None) -> list[list]:
+    """The sample ids of each row a StreamPacker hands out (at most `limit` rows); with `held`, the
+    samples the packer held when each row left (its window plus the row)."""
+    out = []
+    while limit is None or len(out) < limit:
+        row = packer.next_row()
+        if row is None:
+            break
+        out.append([e.sid for e in row])
+        if held is not None:
+            held.append(packer.held + len(row))
+    return out

@@ -170,16 +170,7 @@ def _packer(root, manifest, *, buffer, state=None, rank=0, world=1, num_workers=
                         pending_ids=state.pending_ids if state else None, queued=state.queued if state else None)
 
 
-def _rows(packer, limit=None, held=None):
-    out = []
-    while limit is None or len(out) < limit:
-        row = packer.next_row()
-        if row is None:
-            break
-        out.append([e.sid for e in row])
-        if held is not None:
-            held.append(packer.held + len(row))
-    return out
+from tests.stage_helpers import packed_rows as _rows  # noqa: E402 (shared with the other packing tests)
 
 
 def _roundtrip(state):

@@ -69,14 +69,7 @@ def _first(items):
     return items[0]
 
 
-def _rows(packer, limit=None):
-    out = []
-    while limit is None or len(out) < limit:
-        row = packer.next_row()
-        if row is None:
-            break
-        out.append([e.sid for e in row])
-    return out
+from tests.stage_helpers import packed_rows as _rows  # noqa: E402 (shared with the other packing tests)
 
 
 @pytest.mark.parametrize("buffer", [1, 4, 16])

@@ -5,6 +5,7 @@
     python jobs/status.py runs/smoke
     python jobs/status.py runs/ain --watch          # refresh every 10 s
     python jobs/status.py runs/ain --json           # machine-readable
+    python jobs/status.py runs/authentic_share      # a sweep: variants x stages
 """
 
 import argparse
@@ -19,6 +20,7 @@ from rich.live import Live
 from ain.config_base import ConfigError
 from ain.rundir import RunDir
 from ain.slurm.status import collect, render
+from ain.sweep import is_sweep, render_sweep_status, sweep_status
 
 
 def main() -> int:
@@ -29,6 +31,13 @@ def main() -> int:
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.add_argument("--lines", type=int, default=15, help="log lines shown per failed task")
     args = p.parse_args()
+    if is_sweep(args.run_dir):
+        grid = sweep_status(args.run_dir)
+        if args.json:
+            print(json.dumps(grid, indent=1))
+        else:
+            Console(width=None if sys.stdout.isatty() else 200).print(render_sweep_status(args.run_dir, grid))
+        return 0
     run = RunDir(args.run_dir)
     try:
         statuses = collect(run, tail_lines=args.lines)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, is_dataclass
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, ClassVar, Optional, TypeVar
 
 from omegaconf import OmegaConf
 
@@ -54,6 +54,9 @@ def vllm_command(max_model_len: int = 8192, *extra: str) -> list[str]:
 class ServerConfig:
     """How a judge endpoint comes to exist (DESIGN.md "Judges and servers")."""
 
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("mode", "command", "env", "host", "tensor_parallel_size", "health_path", "startup_timeout_s", "max_restarts", "url", "api_key_env")
+    """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
+
     mode: str = "per_task"
     """per_task: each array task starts `command` on its own GPUs and stops it at the end;
     shared: one server job for the whole stage, its address written to the run directory;
@@ -90,6 +93,9 @@ class ServerConfig:
 @dataclass
 class JudgeConfig:
     """A model behind an OpenAI-compatible endpoint, and how to talk to it."""
+
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("max_concurrency", "request_timeout_s", "max_retries", "backoff_base_s", "backoff_max_s")
+    """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
 
     model: str = ""
     """Hub id or local path; sent as the request's `model` and filled into {model}."""

@@ -21,25 +21,29 @@ from ain.stages import StageSpec
 from ain.train.config import ExportConfig, TrainConfig
 from ain.vdr.config import VdrEvalConfig, VdrPrepareConfig, VdrReportConfig, VdrTrainConfig
 
+CURATED = ("ingest", "translate", "verify", "safety", "mix", "pack")
+
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("canary", "ain.slurm.canary:run_canary_task", CanaryConfig),
     StageSpec("ingest", "ain.data.ingest:run_ingest_task", IngestConfig),
     StageSpec("translate", "ain.curate.translate:run_translate_task", TranslateConfig,
-              judges=TranslateConfig.judges),
-    StageSpec("verify", "ain.curate.verify:run_verify_task", VerifyConfig, judges=VerifyConfig.judges),
-    StageSpec("safety", "ain.curate.safety:run_safety_task", SafetyConfig, judges=SafetyConfig.judges),
-    StageSpec("mix", "ain.curate.mix:run_mix_task", MixConfig),
-    StageSpec("pack", "ain.data.pack:run_pack_task", PackConfig),
-    StageSpec("report", "ain.curate.report:run_curation_report_task", ReportConfig),
-    StageSpec("train", "ain.train.stage:run_train_task", TrainConfig, multi_node=True,
+              judges=TranslateConfig.judges, reads=("ingest",)),
+    StageSpec("verify", "ain.curate.verify:run_verify_task", VerifyConfig, judges=VerifyConfig.judges,
+              reads=("translate",)),
+    StageSpec("safety", "ain.curate.safety:run_safety_task", SafetyConfig, judges=SafetyConfig.judges,
+              reads=("ingest", "translate", "verify")),
+    StageSpec("mix", "ain.curate.mix:run_mix_task", MixConfig, reads=("ingest", "translate", "verify", "safety")),
+    StageSpec("pack", "ain.data.pack:run_pack_task", PackConfig, reads=("ingest", "mix")),
+    StageSpec("report", "ain.curate.report:run_curation_report_task", ReportConfig, reads=CURATED),
+    StageSpec("train", "ain.train.stage:run_train_task", TrainConfig, multi_node=True, reads=("pack",),
               task_depends_on=TrainConfig.task_depends_on,
               progress="ain.train.telemetry:training_progress", estimate="ain.train.estimate:estimate_train"),
-    StageSpec("export", "ain.train.export:run_export_task", ExportConfig),
-    StageSpec("eval", "ain.eval.stage:run_eval_task", EvalConfig, judges=EvalConfig.judges),
-    StageSpec("eval_report", "ain.eval.report:run_eval_report_task", EvalReportConfig),
+    StageSpec("export", "ain.train.export:run_export_task", ExportConfig, reads=("train",)),
+    StageSpec("eval", "ain.eval.stage:run_eval_task", EvalConfig, judges=EvalConfig.judges, reads=("export",)),
+    StageSpec("eval_report", "ain.eval.report:run_eval_report_task", EvalReportConfig, reads=("eval",)),
     StageSpec("vdr_prepare", "ain.vdr.prepare:run_prepare_task", VdrPrepareConfig),
-    StageSpec("vdr_train", "ain.vdr.train:run_vdr_train_task", VdrTrainConfig),
+    StageSpec("vdr_train", "ain.vdr.train:run_vdr_train_task", VdrTrainConfig, reads=("vdr_prepare",)),
     StageSpec("vdr_eval", "ain.vdr.evaluate:run_vdr_eval_task", VdrEvalConfig,
-              task_depends_on=VdrEvalConfig.task_depends_on),
-    StageSpec("vdr_report", "ain.vdr.report:run_vdr_report_task", VdrReportConfig),
+              task_depends_on=VdrEvalConfig.task_depends_on, reads=("vdr_prepare", "vdr_train")),
+    StageSpec("vdr_report", "ain.vdr.report:run_vdr_report_task", VdrReportConfig, reads=("vdr_eval",)),
 )

@@ -52,6 +52,9 @@ class StageSpec:
     task_depends_on: Optional[Callable[[Any, "RunConfig"], list[Optional[str]]]] = None
     """(section, cfg) -> per task, the earlier stage it waits for; None: every task waits for the
     previous listed stage."""
+    reads: tuple[str, ...] = ()
+    """The stages whose outputs it reads (those in the recipe count): its fingerprint includes
+    theirs, so a change upstream makes it stale (ain.fingerprint)."""
     multi_node: bool = False
     """One job of nodes x tasks_per_node ranks (srun + torch.distributed), not an array of
     independent tasks; `jobs/render_sbatch.py` renders it for plain sbatch."""

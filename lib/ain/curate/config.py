@@ -40,6 +40,9 @@ TRANSLATE_TO_EN_PROMPT = (
 class TranslateConfig:
     """English samples -> Arabic, and back to English for verification."""
 
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every", "in_flight_samples", "max_pending_samples")
+    """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
+
     translator: JudgeConfig = field(default_factory=lambda: JudgeConfig(model="Qwen/Qwen2.5-72B-Instruct",
                                                                         max_tokens=6144))
     """The translator model and its endpoint; its max_tokens is the ceiling of the per-text budget
@@ -113,6 +116,9 @@ class TranslateConfig:
 @dataclass
 class VerifyConfig:
     """The report's translation gate (REFERENCE.md §1), with re-translation of failures."""
+
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every", "labse_batch_size")
+    """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
 
     labse_model: str = "sentence-transformers/LaBSE"
     """sentence-transformers model for cosine(EN original, AR translation)."""
@@ -202,6 +208,9 @@ LLAVAGUARD_CATEGORIES = {
 @dataclass
 class SafetyConfig:
     """LlavaGuard-policy screening of every unique image and every text turn (REFERENCE.md §2)."""
+
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every",)
+    """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
 
     vision_judge: JudgeConfig = field(default_factory=_llavaguard)
     """Judge for images: LlavaGuard v1.2 (gated on the hub: accept its terms, set HF_TOKEN for

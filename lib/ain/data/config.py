@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, ClassVar, Optional
 
 from ain.config_base import Need, Resources
 
@@ -59,6 +59,9 @@ class IngestLimits:
 
 @dataclass
 class IngestConfig:
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every",)
+    """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
+
     sources: list[IngestSource] = field(default_factory=list)
     """Inputs, read in this order; rows are dealt round-robin to the tasks."""
     num_tasks: int = 2
@@ -127,6 +130,11 @@ class IngestConfig:
         limits = self.limits(cfg)
         self.min_pixels, self.max_pixels, self.max_length = limits.min_pixels, limits.max_pixels, limits.max_length
 
+    def input_files(self, cfg: "RunConfig") -> list[str]:
+        """Files it reads from outside the run directory (their identity is in its fingerprint);
+        hub datasets are pinned by revision at launch instead."""
+        return [src.path for src in self.sources if src.format != "hub"]
+
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         need(bool(self.sources), "ingest.sources", "no inputs: list at least one source")
         need(self.commit_every >= 1, "ingest.commit_every", "must be >= 1")
@@ -193,6 +201,13 @@ class PackConfig:
     num_tasks: int = 2
     """Array size; task i packs a contiguous slice of the mix into its own shards."""
     resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=2, mem_gb=8, time_min=120))
+
+    def fingerprint_extra(self, cfg: "RunConfig") -> dict[str, object]:
+        """Train's processor settings: pack records each sample's token count with them."""
+        if "train" not in cfg.stages:
+            return {}
+        return {"train.model": cfg.train.model, "train.min_pixels": cfg.train.min_pixels,
+                "train.max_pixels": cfg.train.max_pixels}
 
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         need(self.target_shard_mb > 0, "pack.target_shard_mb", "must be > 0")

@@ -55,6 +55,9 @@ class EvalConfig:
     """Benchmarks of one checkpoint: one array task per evaluation unit (a CAMEL-Bench domain or one
     of its datasets, ArabicMMLU, an English benchmark)."""
 
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every",)
+    """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
+
     checkpoint: str = ""
     """Model to evaluate: a hub id or local directory; empty: this run's export stage output
     (stages/export/out/model)."""
@@ -167,6 +170,11 @@ class EvalConfig:
                                                             largest_image_count(registry))
         except (RegistryError, ValueError):
             self.num_tasks = 0
+
+    def input_files(self, cfg: "RunConfig") -> list[str]:
+        """The local checkpoint and benchmark mirror it reads (their identity is in its fingerprint);
+        this run's export is an upstream stage, hub ids are pinned by revision at launch."""
+        return [p for p in (self.checkpoint, self.data_root) if p and os.path.exists(p)]
 
     def check(self, cfg: "RunConfig", need: Need, check_paths: bool) -> None:
         """Report mistakes with need(ok, key, message)."""

@@ -4,6 +4,8 @@ Each task "processes" items 0..items_per_task-1 of its slice, sleeping seconds_p
 and writes one row per item with resumable outputs. Its output lists every item exactly once
 whatever happened on the way (preemption, requeue, a crash between commits), which is what the
 Slurm tests check, and what `jobs/check_cluster.py` shows a researcher before a big submission.
+Its marker also records the cores the task could run on (`cores`), to compare with the
+`cpus_per_task` it asked for.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ain.config_base import Need, Resources
 from ain.stages import TaskContext
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 class CanaryConfig:
     """A cheap stage that exercises the scheduler path end to end: arrays, throttles,
     dependencies, requeue and resume. `jobs/check_cluster.py` runs it to vet a cluster profile."""
+
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every",)
+    """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
 
     num_tasks: int = 2
     """Array size."""
@@ -60,5 +65,9 @@ def run_canary_task(ctx: TaskContext) -> dict[str, Any]:
     finally:
         out.close()
     done = cfg.items_per_task - out.resumed_from
-    ctx.log.info("canary task %d: %d items in %.1fs", ctx.index, done, time.time() - start)
-    return {"items": cfg.items_per_task, "resumed_from": out.resumed_from, "files": files}
+    # The cores this task may run on, as bound by Slurm: fewer than resources.cpus_per_task means
+    # the srun line lost --cpus-per-task (Slurm >= 22.05 no longer passes the job's on to srun).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ctx.log.info("canary task %d: %d items in %.1fs on %s core(s) (cpus_per_task %d)", ctx.index, done,
+                 time.time() - start, cores, cfg.resources.cpus_per_task)
+    return {"items": cfg.items_per_task, "resumed_from": out.resumed_from, "files": files, "cores": cores}

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import submitit
 
-from ain import hub
+from ain import fingerprint, hub
 from ain.atomic import atomic_write_json, read_json
 from ain.config_base import ConfigError
 from ain.rundir import RunDir
@@ -71,11 +71,17 @@ def job_name(cfg: RunConfig, stage: str) -> str:
 
 
 class Launcher:
-    def __init__(self, cfg: RunConfig, run: RunDir, selected: list[str] | None = None) -> None:
+    def __init__(self, cfg: RunConfig, run: RunDir, selected: list[str] | None = None,
+                 borrowed: dict[str, RunDir] | None = None) -> None:
         self.cfg = cfg
         self.run = run
         self.kind = executor_kind(cfg)
         self.selected = selected  # None: every stage (see ain.stages.select_stages)
+        # Stages another run computes (a sweep's variants share them, ain.sweep): never submitted
+        # here; their queued jobs are found in that run's events and waited for like any upstream.
+        self.borrowed = borrowed or {}
+        if any(self._chosen(name) for name in self.borrowed):
+            raise ValueError(f"borrowed stages {sorted(self.borrowed)} must not be selected")
         self._code_dir: Path | None = None  # this launch's code snapshot, made at its first submission
 
     def _chosen(self, name: str) -> bool:
@@ -100,8 +106,10 @@ class Launcher:
                 continue
             done = self.run.stage(st.name).done_indices()
             if len(done) < st.num_tasks and not active.get(st.name):
+                fix = (f"{self.borrowed[st.name].root} computes it: launch the sweep again" if st.name in self.borrowed
+                       else f"launch with --from {st.name}")
                 raise ConfigError(f"stage {st.name} is incomplete ({len(done)}/{st.num_tasks} tasks done) and "
-                                  f"not queued, but {self.selected[0]} needs it: launch with --from {st.name}")
+                                  f"not queued, but {self.selected[0]} needs it: {fix}")
 
     # planning ---------------------------------------------------------------------------------
     def dry_run(self) -> str:
@@ -120,6 +128,11 @@ class Launcher:
                          f"hub: {len(pins)} model(s)/dataset(s) in the cache, pinned at launch (HF_HUB_OFFLINE=1 in jobs)")
         except ConfigError as exc:  # shown here; a real launch refuses with the same message
             lines.append(f"hub: {exc}")
+        stale = fingerprint.stale_stages(self.cfg, self.run)
+        if stale:
+            lines.append("stale (outputs computed from another config or other inputs; --force moves them to "
+                         "stale/ and recomputes them):")
+            lines += [f"  {s.stage}: {s.reason()}" for s in stale]
         lines.append("DAG:")
         for st in plan(self.cfg):
             if not self._chosen(st.name):
@@ -186,16 +199,52 @@ class Launcher:
         try:
             pins = self._hub_pins()
             with self.run.lock():
-                self.run.freeze(self.cfg, force=force, argv=argv)
+                prints = fingerprint.stage_fingerprints(self.cfg)
+                stale = fingerprint.stale_stages(self.cfg, self.run, prints)
+                self.run.freeze(self.cfg, force=force, argv=argv)  # refuses a changed config without --force
+                self._refuse_stale(stale, force)                    # ... and changed input files
                 self._pin_revisions(pins, force)
+                self._move_stale_aside(stale)
+                fingerprint.write_records(self.run, prints)
                 if self.kind == "slurm":
                     return self._launch_slurm()
                 return self._launch_local()
         finally:
             os.umask(old_umask)
 
-    def _launch_slurm(self) -> list[StageLaunch]:
+    def _refuse_stale(self, stale: list[fingerprint.Stale], force: bool) -> None:
+        """Stale outputs are recomputed only when asked (--force), and never under a queued or
+        running task of that stage (it would write into the directory being moved aside)."""
+        if not stale:
+            return
+        what = "; ".join(f"{s.stage} ({s.reason()})" for s in stale)
+        if not force:
+            raise ConfigError(f"{self.run.root}: the outputs of {what} were computed from another config or "
+                              "other inputs. Use another name=..., or --force to move them aside (stale/) and "
+                              "recompute them.")
+        if self.kind == "slurm":
+            busy = active_elements(self.run, [s.stage for s in stale])
+            if busy:
+                raise ConfigError(f"stale stage(s) still have queued or running tasks ({', '.join(busy)}): "
+                                  "wait for them or scancel them, then launch again")
+
+    def _move_stale_aside(self, stale: list[fingerprint.Stale]) -> None:
+        if not stale:
+            return
+        launch = len(list((self.run.root / "launch").glob("*.json"))) - 1  # this launch's record
+        moved = fingerprint.move_aside(self.run, stale, launch)
+        self.run.append_event({"kind": "stale", "stages": [s.stage for s in stale],
+                               "reasons": {s.stage: s.reason() for s in stale}, "moved_to": [str(m) for m in moved]})
+
+    def _elements(self) -> dict[str, tuple[str, int]]:
+        """Queue element -> (stage, index) of this run's submissions and of its borrowed stages'."""
         elements = submitted_elements(self.run)
+        for stage, owner in self.borrowed.items():
+            elements.update({e: key for e, key in submitted_elements(owner).items() if key[0] == stage})
+        return elements
+
+    def _launch_slurm(self) -> list[StageLaunch]:
+        elements = self._elements()
         queue = scheduler.queue(elements)
         report: list[StageLaunch] = []
         waits_on: dict[str, list[str]] = {}  # stage -> what its dependents wait for (new arrays + active elements)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ain.atomic import read_json
+from ain.fingerprint import moved_aside, stale_stages
 from ain.rundir import RunDir
 from ain.slurm import scheduler
 from ain.slurm.submissions import submitted_elements
@@ -53,6 +54,7 @@ class StageStatus:
     progress: dict[str, Any] | None = None   # spec.progress hook: training step, loss, rates, ETA
     code: str | None = None   # digest of the code snapshot its latest Slurm submission runs (run/code/<digest>)
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # per input source, over done tasks
+    stale: str | None = None  # why its outputs no longer match the frozen config (ain.fingerprint)
 
     @property
     def empty_sources(self) -> list[str]:
@@ -81,6 +83,8 @@ class StageStatus:
 
     @property
     def state(self) -> str:
+        if self.stale:
+            return "stale"
         if self.done == self.num_tasks:
             return "done"
         if self.failed or self.lost:
@@ -115,10 +119,11 @@ def collect(run: RunDir, use_queue: bool = True, tail_lines: int = 15) -> list[S
     latest: dict[tuple[str, int], str] = {}
     for element, key in elements.items():
         latest[key] = element
+    stale = {s.stage: s.reason() for s in stale_stages(cfg, run)}
     out: list[StageStatus] = []
     for st in plan(cfg):
         paths = run.stage(st.name)
-        s = StageStatus(st.name, st.num_tasks)
+        s = StageStatus(st.name, st.num_tasks, stale=stale.get(st.name))
         s.job_ids = [ev["job_id"] for ev in events if ev["stage"] == st.name]
         s.code = next((ev["code"] for ev in reversed(events) if ev["stage"] == st.name and ev.get("code")), None)
         done = paths.done_indices()
@@ -216,6 +221,12 @@ def render(run: RunDir, statuses: list[StageStatus]) -> Any:
     elif by_code:  # re-launched after an edit: queued jobs keep the code they were submitted with
         parts.append(Text("code: stages run different snapshots: " + "; ".join(
             f"{digest}: {', '.join(names)}" for digest, names in by_code.items()), style="yellow"))
+    for s in statuses:
+        if s.stale:
+            parts.append(Text(f"stale: {s.name}: {s.stale}; `--force` moves it aside and recomputes it", style="yellow"))
+    for record in moved_aside(run):
+        parts.append(Text(f"moved aside at launch {record['launch']}: {record['stage']} ({record['reason']}) -> "
+                          f"{record['path']}", style="dim"))
     for s in statuses:
         if not s.sources:
             continue

@@ -19,6 +19,7 @@ from typing import Any
 
 import submitit
 
+from ain.fingerprint import recorded_digest
 from ain.preemption import may_requeue, restarts
 from ain.rundir import RunDir
 from ain.slurm.snapshot import package_dir
@@ -102,7 +103,8 @@ class StageTask(submitit.helpers.Checkpointable):
         end = time.time()
         marker = {"stage": self.stage, "index": index, "num_tasks": num_tasks, "job_id": _job_id(),
                   "host": socket.gethostname(), "start": start, "end": end, "seconds": end - start,
-                  "restarts": restarts(), "code": package_dir(), **stats}
+                  "restarts": restarts(), "code": package_dir(), "fingerprint": recorded_digest(run, self.stage),
+                  **stats}
         paths.write_marker(index, marker)
         log.info("task %d done in %.1fs: %s", index, end - start,
                  {k: v for k, v in stats.items() if isinstance(v, (int, float))})

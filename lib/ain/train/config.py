@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 class TrainConfig:
     """Full fine-tune of Qwen2-VL with DeepSpeed (REFERENCE.md §3: LLaMA-Factory's Qwen2-VL full SFT)."""
 
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("gradient_checkpointing", "num_workers", "save_every_steps", "save_every_minutes", "keep_checkpoints", "log_every_steps", "peak_tflops_per_gpu", "expected_samples", "tokens_per_sample", "tokens_per_gpu_s")
+    """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
+
     model: str = "Qwen/Qwen2-VL-7B-Instruct"
     """Hub id or local directory of the base model (Qwen2VLForConditionalGeneration + processor)."""
     attn_implementation: str = "sdpa"

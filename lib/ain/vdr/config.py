@@ -25,6 +25,9 @@ BLOG_DIMS = [2048, 1536, 1024, 512, 256, 128, 64]
 class VdrPrepareConfig:
     """PEARL -> (query, image, 4 hard negatives) dataset with stratified splits."""
 
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("fetch_threads",)
+    """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
+
     source: str = "UBC-NLP/PEARL-FULL"
     """Where PEARL is: a local directory of PEARL-FULL's unzipped JSON part files and image folders
     (source_format json: the layout PEARL-FULL is distributed in, Google Drive zips, not parquet), a
@@ -125,6 +128,9 @@ class HardNegativeMiningConfig:
 class VdrTrainConfig:
     """sentence-transformers fine-tune with CachedMNRL inside MatryoshkaLoss: one GPU as in the blog, or
     the GPUs of one node with the same global batch (embeddings gathered across devices)."""
+
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("gradient_checkpointing", "save_steps", "save_total_limit", "logging_steps", "dataloader_workers")
+    """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
 
     model: str = "Qwen/Qwen3-VL-Embedding-2B"
     """Base model: hub id or local sentence-transformers directory."""

@@ -9,9 +9,11 @@ without repeating or losing a row.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -144,3 +146,27 @@ def iter_jsonl(path: Path) -> Iterator[Any]:
         for line in f:
             if line.strip():
                 yield json.loads(line)
+
+
+@contextlib.contextmanager
+def publish_dir(final: Path) -> Iterator[Path]:
+    """Build a directory at the yielded path (beside `final`; it does not exist yet, the builder
+    creates it), then put it in place of `final` by renames: readers find the previous complete
+    directory or the new complete one, never a half-written one. On an exception, or a process
+    killed mid-build, `final` is left as it was; leftovers of a killed attempt are removed first."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in [*final.parent.glob(f".{final.name}.tmp-*"), *final.parent.glob(f".{final.name}.old-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    previous = final.with_name(f".{final.name}.old-{os.getpid()}")
+    try:
+        yield staging
+        if not staging.is_dir():
+            raise FileNotFoundError(f"nothing was built at {staging} for {final}")
+        if final.exists():
+            os.replace(final, previous)
+        os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)

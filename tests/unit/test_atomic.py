@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ain.atomic import ResumableJsonl, atomic_write_text
+import pytest
+
+from ain.atomic import ResumableJsonl, atomic_write_text, publish_dir
 
 
 def run_items(tmp_path, n_items, crash_after=None, commit_every=3):
@@ -63,3 +65,24 @@ def test_truncated_partial_is_an_error_not_nul_padding(tmp_path):
     import pytest
     with pytest.raises(RuntimeError, match="shorter than"):
         ResumableJsonl({"a": tmp_path / "a.jsonl"}, tmp_path / "state.json")
+
+
+def test_publish_dir_replaces_whole_directories_and_keeps_the_old_one_on_failure(tmp_path):
+    final = tmp_path / "model"
+    with publish_dir(final) as staging:
+        staging.mkdir()
+        (staging / "a.bin").write_text("v1")
+    assert (final / "a.bin").read_text() == "v1"
+    with pytest.raises(RuntimeError), publish_dir(final) as staging:
+        staging.mkdir()
+        (staging / "a.bin").write_text("half")
+        raise RuntimeError("killed mid-build")
+    assert (final / "a.bin").read_text() == "v1"           # the old complete directory stays
+    (tmp_path / ".model.tmp-999").mkdir()                   # left by a process killed mid-build
+    with publish_dir(final) as staging:
+        staging.mkdir()
+        (staging / "b.bin").write_text("v2")
+    assert sorted(p.name for p in final.iterdir()) == ["b.bin"]     # replaced, not merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no leftovers
+    with pytest.raises(FileNotFoundError, match="nothing was built"), publish_dir(final):
+        pass

@@ -39,7 +39,7 @@ def test_train_log_writes_rates_and_mfu(tmp_path):
 
 
 def test_prune_keeps_the_newest(tmp_path):
-    from ain.train.loop import prune_checkpoints
+    from ain.train.checkpoint import prune_checkpoints
 
     for step in (2, 4, 6, 10):
         (tmp_path / f"step{step}").mkdir()

@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
+from ain.atomic import publish_dir
 from ain.stages import TaskContext
+from ain.train.checkpoint import LATEST, latest_tag
 from ain.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,13 @@ log = logging.getLogger(__name__)
 DTYPES = ("bfloat16", "float16", "float32")
 
 
-def latest_tag(ckpt_dir: Path) -> str:
-    pointer = Path(ckpt_dir) / "latest"
-    if not pointer.is_file():
-        raise FileNotFoundError(f"no checkpoint to export: {pointer} does not exist (has training run?)")
-    tag = pointer.read_text().strip()
+def adopted_tag(ckpt_dir: Path) -> str:
+    """The checkpoint `latest` names (ain.train.checkpoint), which must exist."""
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
+        raise FileNotFoundError(f"no checkpoint to export: {Path(ckpt_dir) / LATEST} does not exist (has training run?)")
     if not (Path(ckpt_dir) / tag).is_dir():
-        raise FileNotFoundError(f"{pointer} names {tag!r}, but {Path(ckpt_dir) / tag} is missing")
+        raise FileNotFoundError(f"{Path(ckpt_dir) / LATEST} names {tag!r}, but {Path(ckpt_dir) / tag} is missing")
     return tag
 
 
@@ -52,7 +53,7 @@ def export_checkpoint(train_cfg: TrainConfig, ckpt_dir: Path, out_dir: Path, dty
     from transformers import AutoConfig, AutoProcessor, Qwen2VLForConditionalGeneration
 
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
-    tag = latest_tag(ckpt_dir)
+    tag = adopted_tag(ckpt_dir)
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     config = AutoConfig.from_pretrained(train_cfg.model)
     model = Qwen2VLForConditionalGeneration._from_config(config, dtype=torch.float32)
@@ -68,16 +69,12 @@ def export_checkpoint(train_cfg: TrainConfig, ckpt_dir: Path, out_dir: Path, dty
     model.config.use_cache = True  # training turned the cache off; generation wants it
     del state
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True, max_shard_size="5GB")
-    AutoProcessor.from_pretrained(train_cfg.model).save_pretrained(tmp)
     info = {"checkpoint": str(ckpt_dir / tag), "tag": tag, "dtype": dtype, "base_model": train_cfg.model,
             "parameters": sum(p.numel() for p in model.parameters())}
-    (tmp / "ain_export.json").write_text(json.dumps(info, indent=1) + "\n")
-    if out_dir.exists():  # a previous export of an older checkpoint
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with publish_dir(out_dir) as staging:  # replaces a previous export of an older checkpoint
+        model.save_pretrained(staging, safe_serialization=True, max_shard_size="5GB")
+        AutoProcessor.from_pretrained(train_cfg.model).save_pretrained(staging)
+        (staging / "ain_export.json").write_text(json.dumps(info, indent=1) + "\n")
     log.info("exported %s (%s, %d parameters) to %s", ckpt_dir / tag, dtype, info["parameters"], out_dir)
     return info
 

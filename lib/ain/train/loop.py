@@ -51,14 +51,11 @@ the window (lengths and ages), so the rows, hence the losses, continue exactly. 
 the span (a sample waits at most 4 x packing_buffer pulls before its row is emitted, so at most
 ~5 x packing_buffer samples per rank) and re-encoding the at most packing_buffer pending ones.
 
-Checkpoints: at optimizer-step boundaries only, all ranks together: every cfg.save_every_steps,
-when `stop_flag()` is true on ANY rank (flags are all-reduced every step: a signal handler only
-sets a flag), and at the end. `engine.save_checkpoint(out_dir, tag="step<n>", client_state=
-{"step", "data": [per-rank data states, gathered]}, save_latest=False)`, a barrier, then rank 0
-writes `latest` via a temp file + rename (a crash mid-save never leaves `latest` pointing at an
-incomplete tag). A save that fails on any rank (disk full) raises CheckpointWriteError on every
-rank with `latest` unmoved. On start, step dirs newer than `latest` (unfinished saves) are
-deleted, and if out_dir/latest exists, the engine and the data state are loaded.
+Checkpoints: at optimizer-step boundaries only, all ranks together: every cfg.save_every_steps
+or save_every_minutes, when `stop_flag()` is true on ANY rank (flags are all-reduced every step:
+a signal handler only sets a flag), and at the end. ain.train.checkpoint writes them (the step
+directory, then an atomic `latest`; a failed save on any rank raises on every rank) and resumes
+from `latest` with the per-rank data states above.
 
 Ranks run in lock step: before each optimizer step every rank fetches its accum rows and the
 ranks all-reduce "got them all"; if one rank's share of the epoch is exhausted, all ranks move
@@ -70,7 +67,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
@@ -78,11 +74,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from ain.preemption import finish_distributed
+from ain.train.checkpoint import Checkpoints
 from ain.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-LATEST = "latest"
 
 
 # ------------------------------------------------------------------------------ data
@@ -295,49 +291,6 @@ def init_distributed(on_cpu: bool) -> None:
     if on_cpu:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="gloo" if on_cpu else "nccl")
-
-
-def write_latest(out_dir: Path, tag: str) -> None:
-    """`latest` <- tag, atomically (temp file, fsync, rename)."""
-    tmp = out_dir / f".{LATEST}.tmp"
-    with open(tmp, "w") as f:
-        f.write(tag)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out_dir / LATEST)
-
-
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (disk full, quota, I/O error) on some rank."""
-
-
-def step_dirs(out_dir: Path) -> list[Path]:
-    """The step<n> checkpoint directories under out_dir, oldest first."""
-    return sorted((p for p in out_dir.glob("step*") if p.is_dir() and p.name[4:].isdigit()),
-                  key=lambda p: int(p.name[4:]))
-
-
-def discard_unadopted(out_dir: Path) -> list[str]:
-    """Delete step<n> directories newer than the one `latest` names (all of them if there is no
-    `latest`): a save that failed or was killed before `latest` moved. They are never loaded, but
-    left alone they would count towards keep_checkpoints and hold disk space that a full disk
-    needs back. Returns the deleted tags."""
-    pointer = out_dir / LATEST
-    adopted = int(pointer.read_text().strip()[4:]) if pointer.exists() else -1
-    removed = [p for p in step_dirs(out_dir) if int(p.name[4:]) > adopted]
-    for p in removed:
-        shutil.rmtree(p, ignore_errors=True)
-    return [p.name for p in removed]
-
-
-def prune_checkpoints(out_dir: Path, keep: int, current: str) -> None:
-    """Delete all but the newest `keep` step<n> checkpoints (never `current`, which `latest` names)."""
-    if keep <= 0:
-        return
-    tags = step_dirs(out_dir)
-    for old in tags[:-keep]:
-        if old.name != current:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------ schedule
@@ -627,23 +580,24 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
     step, resumed_from = 0, 0
     data_state: Optional[dict] = None
     counters = {"samples_seen": 0, "rows": 0, "skipped": {}}
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        removed = discard_unadopted(out_dir)
-        if removed:
-            log.warning("removed unadopted checkpoint(s) %s in %s (a save that did not finish)", removed, out_dir)
-    tdist.barrier()
-    if (out_dir / LATEST).exists():
-        tag = (out_dir / LATEST).read_text().strip()
-        path, client = engine.load_checkpoint(str(out_dir), tag=tag)
-        if path is None or client is None:
-            raise RuntimeError(f"checkpoint {out_dir / tag} (from {LATEST}) could not be loaded")
-        if len(client["data"]) != world:
-            raise RuntimeError(f"checkpoint {tag} has {len(client['data'])} ranks, this run {world}")
-        step = resumed_from = int(client["step"])
-        data_state = client["data"][rank]
+
+    def flag(value: bool) -> bool:
+        t = torch.tensor([1.0 if value else 0.0], device=device)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def gather(obj: Any) -> list:
+        gathered: list = [None] * world
+        tdist.all_gather_object(gathered, obj)
+        return gathered
+
+    checkpoints = Checkpoints(out_dir, engine, rank=rank, world=world, keep=cfg.keep_checkpoints,
+                              any_rank=flag, gather=gather, barrier=tdist.barrier)
+    resumed = checkpoints.resume()
+    if resumed is not None:
+        (step, data_state) = resumed
+        resumed_from = step
         counters = {k: data_state[k] for k in counters}
-        log.info("resumed from %s (step %d)", out_dir / tag, step)
     skipped = Counter(counters["skipped"])
 
     encoder = Encoder(processor, model.config, cfg)
@@ -681,48 +635,15 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
     accum = cfg.grad_accum
     last_save_time = time.time()
 
-    def flag(value: bool) -> bool:
-        t = torch.tensor([1.0 if value else 0.0], device=device)
-        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-        return bool(t.item() > 0)
-
     def save() -> None:
         nonlocal last_saved, buffered_at_save
         ps = packer.state() if packer is not None else PackerState(epoch, {"epoch": epoch})
-        mine = {"epoch": ps.epoch, "tracker": ps.tracker, "replay": ps.replay, "pending": ps.pending,
-                "pending_ids": ps.pending_ids, "queued": ps.queued, "tracker_now": ps.tracker_now,
-                "samples_seen": counters["samples_seen"], "rows": counters["rows"], "skipped": dict(skipped)}
         buffered_at_save = len(ps.pending)
-        gathered: list = [None] * world
-        tdist.all_gather_object(gathered, mine)
-        tag = f"step{step}"
-        try:
-            engine.save_checkpoint(str(out_dir), tag=tag, client_state={"step": step, "data": gathered},
-                                   save_latest=False)
-            error: Optional[BaseException] = None
-        except (OSError, RuntimeError) as exc:  # torch.save reports ENOSPC as a RuntimeError
-            error = exc
-        # Every rank learns that a save failed, so none waits at the next collective for a rank
-        # that is gone; `latest` does not move and still names the previous, complete checkpoint.
-        if flag(error is not None):
-            previous = (out_dir / LATEST).read_text().strip() if (out_dir / LATEST).exists() else "nothing"
-            reason = f"{type(error).__name__}: {error}" if error else "failed on another rank"
-            # torch.save reports a full disk as "unexpected pos ..."; the free space says what happened
-            free_mb = shutil.disk_usage(out_dir).free / 2**20
-            raise CheckpointWriteError(f"checkpoint {out_dir / tag} could not be written ({reason}; "
-                                       f"{free_mb:.1f} MB free on that filesystem); "
-                                       f"`latest` still names {previous}; free space and re-run to resume "
-                                       f"from it") from error
-        if os.environ.get("AIN_FAIL_SAVE_AT_STEP") == str(step):  # fault injection: die mid-save
-            log.error("AIN_FAIL_SAVE_AT_STEP=%d: exiting before `latest` moves", step)
-            os._exit(17)
-        tdist.barrier()
-        if rank == 0:
-            write_latest(out_dir, tag)
-            prune_checkpoints(out_dir, keep=cfg.keep_checkpoints, current=tag)
-        tdist.barrier()
+        checkpoints.save(step, {"epoch": ps.epoch, "tracker": ps.tracker, "replay": ps.replay, "pending": ps.pending,
+                                "pending_ids": ps.pending_ids, "queued": ps.queued, "tracker_now": ps.tracker_now,
+                                "samples_seen": counters["samples_seen"], "rows": counters["rows"],
+                                "skipped": dict(skipped)})
         last_saved = step
-        log.info("saved %s", out_dir / tag)
 
     while packer is not None and (not max_steps or step < max_steps):
         rows = []

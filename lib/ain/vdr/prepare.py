@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+from ain.atomic import publish_dir
 from ain.stages import TaskContext
 from ain.vdr.config import VdrPrepareConfig
 
@@ -693,7 +694,6 @@ def prepare(cfg: VdrPrepareConfig, out_dir: Path, seed: int = 0, log=None) -> di
             gen_kwargs={"items": [(i, r, n) for i, (r, n) in enumerate(zip(splits[s], negatives[s]))],
                         "images": images, "blobs": blobs, "files": tuple(files), "split": s},
             writer_batch_size=256) for s in SPLITS})
-        dd.save_to_disk(str(tmp / "data"))
         stats = {"splits": {s: len(splits[s]) for s in SPLITS}, "pool_images": {s: len(pools[s]) for s in SPLITS},
                  "images_used": {s: len({i for r, negs in zip(splits[s], negatives[s])
                                          for i in [r.image_id, *(n for n, _ in negs)]}) for s in SPLITS},
@@ -702,11 +702,10 @@ def prepare(cfg: VdrPrepareConfig, out_dir: Path, seed: int = 0, log=None) -> di
                                     **{s: sum(r.category == c for r in splits[s]) for s in SPLITS}}
                                 for c in sorted({r.category for r in sample})},
                  "counts": dict(counts)}
-        (tmp / "data" / "README.md").write_text(dataset_card(cfg, stats), encoding="utf-8")
-        (tmp / "data" / "vdr_stats.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
-        if final.exists():  # a previous attempt published but died before its marker
-            shutil.rmtree(final)
-        os.replace(tmp / "data", final)
+        with publish_dir(final) as staging:  # replaces what an attempt that died before its marker published
+            dd.save_to_disk(str(staging))
+            (staging / "README.md").write_text(dataset_card(cfg, stats), encoding="utf-8")
+            (staging / "vdr_stats.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return stats

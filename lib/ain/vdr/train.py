@@ -21,12 +21,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from ain.atomic import atomic_write_json
+from ain.atomic import atomic_write_json, publish_dir
 from ain.preemption import StopFlag, finish_distributed, requeue_or_fail
 from ain.stages import TaskContext
 from ain.vdr.config import VdrTrainConfig
@@ -168,17 +166,8 @@ def train_embedder(cfg: VdrTrainConfig, dataset_dir: Path, out_dir: Path, seed: 
         finish_distributed()
         return {**stats, "stopped_early": True}
     if rank == 0:  # publish the final model atomically, then the result that says it is complete
-        for stale in out_dir.glob(".final-*"):  # left by a killed attempt
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out_dir))
-        try:
-            model.save(str(tmp / "model"))
-            final = out_dir / FINAL_DIR
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp / "model", final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with publish_dir(out_dir / FINAL_DIR) as staging:
+            model.save(str(staging))
         atomic_write_json(out_dir / "log_history.json", trainer.state.log_history)
         atomic_write_json(result_path, stats)
     finish_distributed()  # the other ranks wait for rank 0's publish, then all tear down together

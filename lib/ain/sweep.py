@@ -32,6 +32,7 @@ from ain.config import RunConfig, load_config
 from ain.config_base import ConfigError
 from ain.fingerprint import Fingerprint, stage_fingerprints
 from ain.rundir import RunDir, private_mkdir
+from ain.slurm.cost import stage_costs
 from ain.slurm.launcher import Launcher, StageLaunch
 
 SWEEPS_DIR = PROJECT_ROOT / "configs" / "sweep"
@@ -69,7 +70,7 @@ class SweepPlan:
         """(distinct stage computations, stage computations if every variant ran alone)."""
         return (sum(len(v.own) for v in self.variants), sum(len(v.cfg.stages) for v in self.variants))
 
-    def describe(self) -> str:
+    def describe(self, costs: bool = True) -> str:
         distinct, alone = self.jobs()
         lines = [f"sweep {self.name}: {len(self.variants)} variants under {self.root} (baseline {self.baseline})",
                  f"stage computations: {distinct} (each variant alone: {alone})"]
@@ -77,7 +78,28 @@ class SweepPlan:
             shared = ", ".join(f"{s} from {o}" for s, o in v.shared.items())
             lines.append(f"  {v.name}: {' '.join(v.overrides) or '(no change)'}; runs {', '.join(v.own) or 'nothing'}"
                          + (f"; shares {shared}" if shared else ""))
+        if costs:
+            lines += self.cost_lines()
         return "\n".join(lines)
+
+    def cost_lines(self) -> list[str]:
+        """GPU-hours of the work computed once for several variants, and of each variant's own."""
+        shared_stages = {(o, s) for v in self.variants for s, o in v.shared.items()}
+        shared_gpu, own_gpu = 0.0, {}
+        for v in self.variants:
+            own_gpu[v.name] = 0.0
+            for c in stage_costs(v.cfg, self.root / v.name):
+                if v.owners.get(c.stage) != v.name:
+                    continue
+                if (v.name, c.stage) in shared_stages:
+                    shared_gpu += c.gpu_hours
+                else:
+                    own_gpu[v.name] += c.gpu_hours
+        lines = [f"cost: shared stages {shared_gpu:,.1f} GPU-h (once for all variants); per variant: "
+                 + ", ".join(f"{n} {h:,.1f}" for n, h in own_gpu.items())
+                 + f"; total {shared_gpu + sum(own_gpu.values()):,.1f} GPU-h (ain.slurm.cost: measured, estimated "
+                 "or time-limit figures, see each variant's --dry-run)"]
+        return lines
 
 
 def _value_text(value: Any) -> str:

@@ -33,6 +33,7 @@ from ain.atomic import atomic_write_json, read_json
 from ain.config_base import ConfigError
 from ain.rundir import RunDir
 from ain.slurm import scheduler
+from ain.slurm.cost import describe_costs, stage_costs
 from ain.slurm.sbatch import render_sbatch, slurm_parameters
 from ain.slurm.shared_server import SharedServerTask
 from ain.slurm.snapshot import code_digest, snapshot_code, snapshot_dir
@@ -156,6 +157,7 @@ class Launcher:
         for st in plan(self.cfg):
             if st.spec.estimate and self._chosen(st.name):
                 lines.append(load_hook(st.spec.estimate)(self.cfg, self.run.root).describe())
+        lines += describe_costs([c for c in stage_costs(self.cfg, self.run.root) if self._chosen(c.stage)])
         for st in plan(self.cfg):
             if not self._chosen(st.name):
                 continue

@@ -1,0 +1,111 @@
+"""The dry run's cost table: per stage, the work, GPU-hours and wall-clock hours, and where each
+figure comes from.
+
+Sources, best first:
+
+  measured   finished tasks of the same stage with the same fingerprint (ain.fingerprint): in
+             this run, or in any run under runs_root (a sweep's variants, an earlier run of the
+             same config). Same fingerprint = the same computation, so its task-seconds apply.
+  estimate   the stage's `estimate` hook (training: tokens / configured tokens-per-GPU-second).
+  limit      the task's time limit (resources.time_min): an upper bound, not a forecast.
+
+GPUs per task are the task's own (nodes x gpus_per_node; per_task judge servers run on them).
+Wall-clock hours assume `cluster.array_parallelism` tasks of an array at once and stages one
+after another; shared judge server jobs are not included.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+from ain.atomic import read_json
+from ain.fingerprint import FINGERPRINT_FILE, stage_fingerprints
+from ain.rundir import StagePaths
+from ain.stages import load_hook, plan
+
+if TYPE_CHECKING:
+    from ain.config import RunConfig
+
+
+@dataclass(frozen=True)
+class StageCost:
+    stage: str
+    tasks: int
+    gpus_per_task: int
+    task_hours: float          # per task
+    parallel: int              # tasks at once
+    source: str                # measured | estimate | limit
+    detail: str                # where the figure comes from, and the work it covers
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.tasks * self.task_hours * self.gpus_per_task
+
+    @property
+    def wall_hours(self) -> float:
+        return math.ceil(self.tasks / max(1, self.parallel)) * self.task_hours
+
+
+def _candidate_stage_dirs(runs_root: Path, stage: str) -> Iterable[Path]:
+    """Stage directories of the runs under runs_root (runs/<run>/ and sweeps' runs/<sweep>/<variant>/)."""
+    for pattern in (f"*/stages/{stage}", f"*/*/stages/{stage}"):
+        yield from runs_root.glob(pattern)
+
+
+def measured(runs_root: Path, stage: str, digest: str) -> Optional[tuple[float, int, int, str]]:
+    """(mean task-seconds, tasks measured, items, where) over finished tasks of this stage with
+    this fingerprint, or None."""
+    seen: set[Path] = set()
+    for d in _candidate_stage_dirs(runs_root, stage):
+        real = d.resolve()
+        record = real / FINGERPRINT_FILE
+        if real in seen or not record.is_file() or read_json(record).get("digest") != digest:
+            continue
+        seen.add(real)
+        paths = StagePaths(real)
+        markers = [m for i in sorted(paths.done_indices()) if (m := paths.read_marker(i)) and m.get("seconds")]
+        markers = [m for m in markers if m.get("fingerprint") in (digest, None)]
+        if markers:
+            seconds = sum(float(m["seconds"]) for m in markers) / len(markers)
+            items = sum(int(m.get("items", 0) or 0) for m in markers)
+            return seconds, len(markers), items, str(d.parent.parent)
+    return None
+
+
+def stage_costs(cfg: "RunConfig", run_root: Path) -> list[StageCost]:
+    prints = stage_fingerprints(cfg)
+    runs_root = Path(cfg.runs_root)
+    out: list[StageCost] = []
+    for st in plan(cfg):
+        r = st.resources
+        gpus = r.nodes * r.gpus_per_node
+        parallel = 1 if st.spec.multi_node else min(st.num_tasks, max(1, cfg.cluster.array_parallelism))
+        found = measured(runs_root, st.name, prints[st.name].digest) if runs_root.is_dir() else None
+        estimate: Any = load_hook(st.spec.estimate)(cfg, run_root) if st.spec.estimate else None
+        if found:
+            seconds, n, items, where = found
+            out.append(StageCost(st.name, st.num_tasks, gpus, seconds / 3600, parallel, "measured",
+                                 f"{n} finished task(s) of the same fingerprint in {where}: {seconds / 60:.1f} min "
+                                 f"per task, {items:,} items"))
+        elif estimate is not None and hasattr(estimate, "wall_hours"):
+            devices = getattr(estimate, "gpus", None) or max(1, gpus)  # on CPU: one device per rank
+            out.append(StageCost(st.name, st.num_tasks, devices, estimate.wall_hours, parallel, "estimate",
+                                 estimate.describe().splitlines()[0]))
+        else:
+            out.append(StageCost(st.name, st.num_tasks, gpus, r.time_min / 60, parallel, "limit",
+                                 f"time limit {r.time_min} min per task (upper bound)"))
+    return out
+
+
+def describe_costs(costs: list[StageCost], title: str = "cost") -> list[str]:
+    lines = [f"{title} (GPU-hours; wall hours with array parallelism, stages in sequence):"]
+    for c in costs:
+        lines.append(f"  {c.stage}: {c.tasks} task(s) x {c.gpus_per_task} GPU, {c.gpu_hours:,.1f} GPU-h, "
+                     f"{c.wall_hours:,.2f} h wall [{c.source}: {c.detail}]")
+    lines.append(f"  total: {sum(c.gpu_hours for c in costs):,.1f} GPU-h, {sum(c.wall_hours for c in costs):,.2f} h wall"
+                 + ("" if all(c.source == "measured" for c in costs) else
+                    " (includes upper bounds from time limits where nothing was measured)"))
+    return lines

@@ -1,11 +1,11 @@
 """The translate stage against a translator server at cluster scale: pipeline vs commit windows.
 
-A stand-in OpenAI-compatible translator (a separate process: asyncio, HTTP/1.1 keep-alive on
-127.0.0.1) answers each POST /v1/chat/completions by echoing the text to translate (the prompt's
-part after its blank line, markers and all, so every round trip passes its marker checks) after
-a latency drawn uniformly from L x [1 - jitter, 1 + jitter] (default L = 2 s, jitter 0.5: a 72B
-model's answers of varying length), with at most B requests in service at once (default 256, a
-vLLM batch; the excess waits in its queue). Its capacity is B / L requests per second.
+The stand-in OpenAI-compatible server as a translator (bench/_standin.py with `echo`: a separate
+process, asyncio, HTTP/1.1 keep-alive on 127.0.0.1) answers each POST /v1/chat/completions by
+echoing the text to translate (the prompt's part after its blank line, markers and all, so every
+round trip passes its marker checks) after a latency drawn uniformly from L x [1 - jitter,
+1 + jitter] (default L = 2 s, jitter 0.5: a 72B model's answers of varying length), with at most B
+requests in service at once (default 256, a vLLM batch; the excess waits in its queue). Its capacity is B / L requests per second.
 
 Against it, one scheme after another in the same run, the translate stage's own code runs on
 synthetic LLaVA-Instruct-shaped English samples (1 to 3 rounds of user/assistant turns, an
@@ -43,8 +43,6 @@ import logging
 import os
 import platform
 import random
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +52,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
-import httpx  # noqa: E402
+from _standin import server_stats, standin_server  # noqa: E402 - bench/_standin.py
 
 from ain.atomic import ResumableJsonl, iter_jsonl  # noqa: E402
 from ain.config import load_config  # noqa: E402
@@ -66,68 +64,6 @@ from ain.serve.server import Endpoint  # noqa: E402
 from ain.stages import windows  # noqa: E402
 
 log = logging.getLogger("translate_throughput")
-
-
-# server (child process) ---------------------------------------------------------------------------
-async def serve(latency_s: float, jitter: float, batch: int, seed: int) -> None:
-    slots = asyncio.Semaphore(batch)
-    rng = random.Random(seed)
-    stats = {"hits": 0, "in_service": 0, "max_in_service": 0, "busy_slot_s": 0.0}
-    trace: list[tuple[float, int]] = []  # (time.monotonic(), requests in service) every 50 ms
-
-    async def sample_occupancy() -> None:
-        while True:
-            trace.append((time.monotonic(), stats["in_service"]))
-            await asyncio.sleep(0.05)
-
-    def reply(status: bytes, body: bytes) -> bytes:
-        return (b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
-                + str(len(body)).encode() + b"\r\n\r\n" + body)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-                body = await reader.readexactly(int(m.group(1))) if m else b""
-                if head.startswith(b"GET /stats"):
-                    writer.write(reply(b"200 OK", json.dumps({**stats, "trace": trace}).encode()))
-                    stats.update(hits=0, max_in_service=stats["in_service"], busy_slot_s=0.0)
-                    trace.clear()
-                    await writer.drain()
-                    continue
-                prompt = json.loads(body)["messages"][-1]["content"]
-                text = prompt.split("\n\n", 1)[1]  # the text to translate, echoed: markers kept
-                delay = latency_s * rng.uniform(1.0 - jitter, 1.0 + jitter)
-                async with slots:  # at most `batch` in service; the rest queue here
-                    stats["in_service"] += 1
-                    stats["max_in_service"] = max(stats["max_in_service"], stats["in_service"])
-                    await asyncio.sleep(delay)
-                    stats["in_service"] -= 1
-                    stats["busy_slot_s"] += delay
-                    stats["hits"] += 1
-                answer = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
-                          "choices": [{"index": 0, "finish_reason": "stop",
-                                       "message": {"role": "assistant", "content": text}}],
-                          "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
-                                    "total_tokens": (len(prompt) + len(text)) // 4}}
-                writer.write(reply(b"200 OK", json.dumps(answer, ensure_ascii=False).encode()))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=4096)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    sampler = asyncio.ensure_future(sample_occupancy())  # noqa: F841 - a reference: the loop holds tasks weakly
-    async with server:
-        await server.serve_forever()
-
-
-def server_stats(base_url: str) -> dict:
-    """The server's counts since the last call (which this call resets)."""
-    return httpx.get(base_url.rsplit("/v1", 1)[0] + "/stats", timeout=10).json()
 
 
 # samples ------------------------------------------------------------------------------------------
@@ -219,11 +155,7 @@ def main() -> None:
     ap.add_argument("--big-window-samples", type=int, default=512,
                     help="samples for windows at the recipe's new sizes (0: skip that row)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve:
-        asyncio.run(serve(args.latency, args.jitter, args.batch, args.seed))
-        return
     logging.basicConfig(level=logging.WARNING)
     capacity = args.batch / args.latency
     edge_s = 2 * args.latency * (1 + args.jitter)  # steady state: the run less its first and last 2 x L_max
@@ -235,22 +167,15 @@ def main() -> None:
     if args.big_window_samples:
         schemes.append(("windows_big", copy.deepcopy(recipe), args.big_window_samples))
 
-    server = subprocess.Popen([sys.executable, __file__, "--serve", "--latency", str(args.latency), "--jitter",
-                               str(args.jitter), "--batch", str(args.batch), "--seed", str(args.seed)],
-                              stdout=subprocess.PIPE, text=True)
     results = []
-    try:
-        base_url = f"http://127.0.0.1:{int(server.stdout.readline())}/v1"
-        with tempfile.TemporaryDirectory(prefix="translate-bench-") as tmp:
-            for k, (scheme, cfg, n) in enumerate(schemes):
-                samples = make_samples(n, args.seed + k, scheme)  # distinct texts: no cache hits across schemes
-                row = asyncio.run(run_scheme(scheme, cfg, samples, base_url, Path(tmp) / scheme, edge_s))
-                row["ratio_to_capacity"] = round(row["req_per_s"] / capacity, 4)
-                results.append(row)
-                print(json.dumps(row), flush=True)
-    finally:
-        server.terminate()
-        server.wait()
+    with standin_server(args.latency, args.batch, jitter=args.jitter, seed=args.seed, echo=True) as base_url, \
+            tempfile.TemporaryDirectory(prefix="translate-bench-") as tmp:
+        for k, (scheme, cfg, n) in enumerate(schemes):
+            samples = make_samples(n, args.seed + k, scheme)  # distinct texts: no cache hits across schemes
+            row = asyncio.run(run_scheme(scheme, cfg, samples, base_url, Path(tmp) / scheme, edge_s))
+            row["ratio_to_capacity"] = round(row["req_per_s"] / capacity, 4)
+            results.append(row)
+            print(json.dumps(row), flush=True)
 
     print(json.dumps({"what": "setup", "latency_s": args.latency, "jitter": args.jitter, "batch": args.batch,
                       "capacity_req_per_s": capacity, "python": platform.python_version(),

@@ -1,9 +1,9 @@
 """Judge clients against a server with realistic latency: custom transport vs libraries.
 
-A stand-in OpenAI-compatible server (a separate process: asyncio, HTTP/1.1 keep-alive on
-127.0.0.1) answers POST /v1/chat/completions after a fixed latency L (default 1 s, the order of a
-real judge's answer) with at most B requests in service at once (default 64, a vLLM batch); the
-excess waits in its queue. Its capacity is B / L requests per second. Against it, in the same
+The stand-in OpenAI-compatible server (bench/_standin.py: a separate process, asyncio, HTTP/1.1
+keep-alive on 127.0.0.1) answers POST /v1/chat/completions after a fixed latency L (default 1 s,
+the order of a real judge's answer) with at most B requests in service at once (default 64, a
+vLLM batch); the excess waits in its queue. Its capacity is B / L requests per second. Against it, in the same
 run and interleaved round by round, each client sends the same N = waves x B requests (default
 4 x 64 = 256, four latency periods) with concurrency k (default B and 2B: exactly the server's
 batch, and above it, as a judge stage's `max_concurrency` is best set):
@@ -42,7 +42,6 @@ import inspect
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -56,52 +55,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
 import httpx  # noqa: E402
+from _standin import server_stats, standin_server  # noqa: E402 - bench/_standin.py
 
 from ain.serve.client import ChatClient  # noqa: E402
 
 TRANSPORT_PATH = "lib/ain/serve/transport.py"
-ANSWER = json.dumps({"id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
-                     "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                                  "message": {"role": "assistant", "content": "{\"score\": 4}"}}],
-                     "usage": {"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55}}).encode()
-
-
-# server (child process) ---------------------------------------------------------------------------
-async def serve(latency_s: float, batch: int) -> None:
-    slots = asyncio.Semaphore(batch)
-    response = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                + str(len(ANSWER)).encode() + b"\r\n\r\n" + ANSWER)
-    stats = {"in_service": 0, "max_in_service": 0}
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-                if m:
-                    await reader.readexactly(int(m.group(1)))
-                if head.startswith(b"GET /stats"):
-                    body = json.dumps(stats).encode()
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-                    stats["max_in_service"] = 0
-                    await writer.drain()
-                    continue
-                async with slots:  # at most `batch` in service; the rest queue here
-                    stats["in_service"] += 1
-                    stats["max_in_service"] = max(stats["max_in_service"], stats["in_service"])
-                    await asyncio.sleep(latency_s)
-                    stats["in_service"] -= 1
-                writer.write(response)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=4096)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    async with server:
-        await server.serve_forever()
 
 
 # clients (this process) ---------------------------------------------------------------------------
@@ -225,10 +183,6 @@ async def run_openai(base_url: str, k: int, warm: list, measured: list) -> tuple
     return wall, cpu, failures
 
 
-def server_stats(base_url: str) -> dict:
-    return httpx.get(base_url.rsplit("/v1", 1)[0] + "/stats", timeout=10).json()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latency", type=float, default=1.0, help="server latency per request, seconds (L)")
@@ -238,11 +192,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="rounds; the clients are interleaved within each")
     ap.add_argument("--clients", nargs="*", default=["chat_http11", "chat_httpx", "chat_httpx_slots", "openai"],
                     help="also: chat_httpx2_slots (needs httpx2, which openai 3.x installs)")
-    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve:
-        asyncio.run(serve(args.latency, args.batch))
-        return
     ks = args.concurrency or [args.batch, 2 * args.batch]
     if min(ks) < args.batch:
         raise SystemExit(f"client concurrency {min(ks)} < server batch {args.batch}: the client could not fill it")
@@ -252,11 +202,8 @@ def main() -> None:
     if "openai" in args.clients:
         import openai  # noqa: F401  (import outside the timings)
 
-    server = subprocess.Popen([sys.executable, __file__, "--serve", "--latency", str(args.latency),
-                               "--batch", str(args.batch)], stdout=subprocess.PIPE, text=True)
     results: dict[tuple[int, str], list[dict]] = {(k, c): [] for k in ks for c in args.clients}
-    try:
-        base_url = f"http://127.0.0.1:{int(server.stdout.readline())}/v1"
+    with standin_server(args.latency, args.batch) as base_url:
         for rnd, k, name in ((r, k, c) for r in range(args.rounds) for k in ks for c in args.clients):
             opts = dict(max_concurrency=k, request_timeout_s=60, max_retries=0, max_tokens=16)
             warm, measured = requests_for(k, f"{rnd}-{name}-warm"), requests_for(n, f"{rnd}-{name}")
@@ -283,9 +230,6 @@ def main() -> None:
                    "server_max_in_service": server_stats(base_url)["max_in_service"]}
             results[k, name].append(row)
             print(json.dumps(row), flush=True)
-    finally:
-        server.terminate()
-        server.wait()
 
     summary = []
     for (k, name), rows in results.items():

@@ -12,21 +12,13 @@ image decoding); a failure names the dataset, the source and the reason. Exit st
 import argparse
 import sys
 
-from ain.config import load_config
-from ain.config_base import ConfigError
+from ain.cli import config_main
+from ain.config import RunConfig
 from ain.eval.check import check_dataset
 from ain.eval.registry import eval_units
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", help="key=value config overrides (as for submit_eval.py)")
-    args = p.parse_args()
-    try:
-        cfg = load_config(["stages=[eval]", *args.overrides], check_paths=False)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def check(cfg: RunConfig, args: argparse.Namespace) -> int:
     specs = {s.name: s for unit in eval_units(cfg.eval) for s in unit.datasets}
     results = [check_dataset(spec, cfg.eval.data_root) for spec in specs.values()]
     for r in results:
@@ -37,4 +29,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Only the eval section is checked (a later stages=[...] overrides that); data need not be staged yet.
+    sys.exit(config_main(__doc__, check, extra=["stages=[eval]"], check_paths=False))

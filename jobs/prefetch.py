@@ -17,20 +17,13 @@ import sys
 from pathlib import Path
 
 from ain import hub
-from ain.config import load_config
-from ain.config_base import ConfigError
+from ain.cli import config_main
+from ain.config import RunConfig
+
+OPTIONS = {"--list": dict(action="store_true", help="only list the recipe's hub assets and whether each is cached")}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", help="key=value config overrides (recipe=..., cluster=...)")
-    p.add_argument("--list", action="store_true", help="only list the recipe's hub assets and whether each is cached")
-    args = p.parse_args()
-    try:
-        cfg = load_config(args.overrides, check_paths=False)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def prefetch(cfg: RunConfig, args: argparse.Namespace) -> int:
     assets = hub.recipe_assets(cfg)
     hf_home = cfg.cluster.hf_home
     if args.list:
@@ -54,4 +47,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Paths are not checked: the models this fetches are what a launch's path checks would miss.
+    sys.exit(config_main(__doc__, prefetch, options=OPTIONS, check_paths=False))

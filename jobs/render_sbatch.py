@@ -12,31 +12,23 @@ still come from `python jobs/submit_train.py ... --only ingest,...,pack` or a pr
 import argparse
 import sys
 
-from ain.config import load_config
+from ain.cli import config_main
+from ain.config import RunConfig
 from ain.config_base import ConfigError
 from ain.slurm.launcher import resolve_run_dir
 from ain.slurm.sbatch import multi_node_stage, render_torchrun_sbatch
 from ain.slurm.snapshot import snapshot_code
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", help="key=value config overrides (as for submit_train.py)")
-    p.add_argument("--force", action="store_true", help="accept config changes against the frozen config.yaml")
-    args = p.parse_args()
-    try:
-        cfg = load_config(args.overrides)
-        stage = multi_node_stage(cfg)
-        if stage is None:
-            raise ConfigError(f"stages: none of {cfg.stages} is a multi-node stage (train) to render")
-        run = resolve_run_dir(cfg)
-        with run.lock():
-            run.freeze(cfg, force=args.force, argv=sys.argv)
-        run.stage(stage).create()
-        code_dir = snapshot_code(run.root.resolve())  # the job runs this copy, not the checkout
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def render(cfg: RunConfig, args: argparse.Namespace) -> int:
+    stage = multi_node_stage(cfg)
+    if stage is None:
+        raise ConfigError(f"stages: none of {cfg.stages} is a multi-node stage (train) to render")
+    run = resolve_run_dir(cfg)
+    with run.lock():
+        run.freeze(cfg, force=args.force, argv=sys.argv)
+    run.stage(stage).create()
+    code_dir = snapshot_code(run.root.resolve())  # the job runs this copy, not the checkout
     path = run.root / f"{stage}.sbatch"
     path.write_text(render_torchrun_sbatch(cfg, run.root, python=sys.executable, code_dir=code_dir, stage=stage))
     print(f"wrote {path}\nsubmit it with: sbatch {path}")
@@ -44,4 +36,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(config_main(__doc__, render, flags=["--force"]))

@@ -1,6 +1,9 @@
 """Shared command-line handling of the jobs/ entry points: key=value overrides plus a few flags.
 
-Entry points stay thin: parse, load and validate the config, launch, print, exit.
+Entry points stay thin: parse, load and validate the config, launch, print, exit. The submitting
+ones call `submit_main`; the others that act on a config (render_sbatch, prefetch,
+check_eval_data) call `config_main` with their own `run(cfg, args)`, the shared flags they take
+(FLAGS) and any options of their own. Both share the rules below and the `error: ...` exit 2.
 
 - Flags may stand anywhere among the overrides (`recipe=smoke --dry-run cluster=local`).
 - `--help` lists the keys of the sections the chosen recipe uses (its stages, the cluster and the
@@ -18,7 +21,7 @@ import dataclasses
 import re
 import sys
 import typing
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ain.config import CONFIGS_DIR, RunConfig, describe_fields, load_config
 from ain.config_base import ConfigError
@@ -31,36 +34,77 @@ SELECTORS = {"recipe": "recipe", "cluster": "cluster"}  # key -> configs/<dir>
 _SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z(])")  # a full stop, not "e.g."
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+# The options an entry point may take besides the overrides and --help/--help-all, by flag.
+FLAGS: dict[str, dict[str, Any]] = {
+    "--dry-run": dict(action="store_true", help="print the DAG, arrays, resources and sbatch text; submit nothing"),
+    "--force": dict(action="store_true", help="accept config changes against the frozen config.yaml"),
+    "--wait": dict(action="store_true", help="with Slurm: block until the submitted jobs have left the queue"),
+    "--only": dict(action="append", metavar="STAGE[,STAGE]",
+                   help="submit only these stages (the stages before them must be complete or queued)"),
+    "--from": dict(dest="start", metavar="STAGE", help="submit this stage and every later one"),
+}
+SUBMIT_FLAGS = ("--dry-run", "--force", "--wait", "--only", "--from")
+
+
+def parser(description: str, flags: Sequence[str] = SUBMIT_FLAGS,
+           options: Mapping[str, Mapping[str, Any]] | None = None) -> argparse.ArgumentParser:
+    """Overrides, --help and --help-all, the shared `flags` named (FLAGS) and an entry point's own
+    `options` (flag -> add_argument keywords)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=HELP_EPILOG, add_help=False)
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.add_argument("-h", "--help", action="store_true",
                    help="show this help and the keys of the sections the chosen recipe uses, with its values")
     p.add_argument("--help-all", action="store_true", help="show this help and every key of every section")
-    p.add_argument("--dry-run", action="store_true", help="print the DAG, arrays, resources and sbatch text; submit nothing")
-    p.add_argument("--force", action="store_true", help="accept config changes against the frozen config.yaml")
-    p.add_argument("--wait", action="store_true", help="with Slurm: block until the submitted jobs have left the queue")
-    p.add_argument("--only", action="append", metavar="STAGE[,STAGE]",
-                   help="submit only these stages (the stages before them must be complete or queued)")
-    p.add_argument("--from", dest="start", metavar="STAGE", help="submit this stage and every later one")
+    for flag in flags:
+        p.add_argument(flag, **FLAGS[flag])
+    for flag, kwargs in (options or {}).items():
+        p.add_argument(flag, **kwargs)
     return p
 
 
-def parse(description: str, argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+def parse(description: str, argv: Sequence[str] | None = None, flags: Sequence[str] = SUBMIT_FLAGS,
+          options: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     """Flags and overrides in any order (argparse's intermixed parsing)."""
-    p = parser(description)
+    p = parser(description, flags, options)
     return p, p.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
 
 
+def config_main(description: str, run: Callable[[RunConfig, argparse.Namespace], int],
+                argv: Sequence[str] | None = None, *, extra: Sequence[str] = (), flags: Sequence[str] = (),
+                options: Mapping[str, Mapping[str, Any]] | None = None, check_paths: bool = True) -> int:
+    """An entry point that acts on a config: parse, --help, check the overrides, load and validate
+    the config (`extra` overrides first, so the user's win), then `run(cfg, args)` -> exit status.
+    A ConfigError, from the command line or from `run`, is printed as `error: ...` with status 2."""
+    def load_and_run(overrides: list[str], args: argparse.Namespace) -> int:
+        return run(load_config(overrides, check_paths=check_paths), args)
+
+    return _main(description, load_and_run, argv, extra, flags, options)
+
+
 def submit_main(description: str, argv: Sequence[str] | None = None, extra: Sequence[str] = ()) -> int:
-    p, args = parse(description, argv)
+    return _main(description, _submit, argv, extra, SUBMIT_FLAGS)
+
+
+def _main(description: str, body: Callable[[list[str], argparse.Namespace], int], argv: Sequence[str] | None,
+          extra: Sequence[str], flags: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None) -> int:
+    """What every entry point does with its command line: parse; --help/--help-all print the keys;
+    overrides refused with a hint (check_overrides); `body(overrides, args)`; ConfigError -> status 2."""
+    p, args = parse(description, argv, flags, options)
     overrides = [*extra, *args.overrides]
     if args.help or args.help_all:
         print(help_text(p, overrides, full=args.help_all))
         return 0
     try:
         check_overrides(overrides)
+        return body(overrides, args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _submit(overrides: list[str], args: argparse.Namespace) -> int:
+    try:
         if args.dry_run:
             return _dry_run(overrides, args)
         cfg = load_config(overrides)
@@ -68,9 +112,6 @@ def submit_main(description: str, argv: Sequence[str] | None = None, extra: Sequ
         launcher = Launcher(cfg, run, select_stages(cfg, args.only, args.start))
         print(f"run directory: {run.root.resolve()}  (executor: {launcher.kind})", flush=True)
         report = launcher.launch(force=args.force, argv=sys.argv)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

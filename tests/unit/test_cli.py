@@ -1,4 +1,4 @@
-"""The command line shared by jobs/submit_*.py (ain.cli) and the run-directory tools: flags among
+"""The command line shared by jobs/ (ain.cli: submit_main, config_main) and the run-directory tools: flags among
 overrides, help sized to the recipe, hints for list syntax, recipe names not paths, clear errors
 on a directory that is not a run, and absurd values refused before anything is submitted.
 Nothing here submits: every launch is a --dry-run."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ain.cli import check_overrides, help_text, parse, parser, submit_main
+from ain.cli import check_overrides, config_main, help_text, parse, parser, submit_main
 from ain.config import load_config
 from ain.config_base import ConfigError
 
@@ -143,3 +143,63 @@ def test_tools_on_a_directory_that_is_not_a_run(tmp_path, script):
         proc = subprocess.run([sys.executable, script, str(target)], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ") and str(target) in proc.stderr
+
+
+# ----------------------------------------------------- the other config entry points (config_main)
+def test_config_main_parses_helps_and_refuses_like_submit_main(chdir_root, capsys):
+    seen = []
+
+    def run(cfg, args):
+        seen.append((cfg.stages, cfg.ingest.num_tasks, args.force, args.extra_flag))
+        return 7
+
+    options = {"--extra-flag": dict(action="store_true", help="a flag of this entry point's own")}
+    argv = ["recipe=smoke", "--extra-flag", "cluster=local", "--force", "stages=[ingest]", "ingest.num_tasks=3"]
+    assert config_main("test", run, argv, extra=["stages=[canary]"], flags=["--force"], options=options,
+                       check_paths=False) == 7
+    assert seen == [(["ingest"], 3, True, True)]  # flags anywhere; the user's stages win over `extra`
+
+    assert config_main("test", run, ["recipe=eval_smoke", "--help"], extra=["stages=[eval]"], options=options) == 0
+    out = capsys.readouterr().out
+    assert "--extra-flag" in out and "eval.datasets = " in out and "--dry-run" not in out and not seen[1:]
+
+    assert config_main("test", run, ["recipe=canary", "stages=ingest"]) == 2
+    assert "write stages=[ingest]" in capsys.readouterr().err
+
+    def refuses(cfg, args):
+        raise ConfigError("stages: nothing to do")
+
+    assert config_main("test", refuses, ["recipe=canary", "cluster=local"]) == 2
+    assert capsys.readouterr().err == "error: stages: nothing to do\n"
+
+
+@pytest.mark.parametrize("script", ["jobs/render_sbatch.py", "jobs/prefetch.py", "jobs/check_eval_data.py"])
+def test_config_entry_points_share_the_help_and_the_override_checks(script):
+    def job(*argv):
+        return subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    helped = job("recipe=eval_smoke", "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "Keys of the sections recipe=eval_smoke uses" in helped.stdout and "--help-all" in helped.stdout
+    refused = job("recipe=smoke.yaml", "stages=train", "nosuch=1")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "give a recipe name from" in refused.stderr and "write stages=[train]" in refused.stderr
+
+
+def test_render_sbatch_takes_force_among_the_overrides(chdir_root, tmp_path):
+    def render(*argv):
+        return subprocess.run([sys.executable, "jobs/render_sbatch.py", "recipe=smoke", *argv, f"runs_root={tmp_path}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    first = render("--force")  # a flag between overrides
+    assert first.returncode == 0, first.stderr
+    assert "torch.distributed.run" in (tmp_path / "smoke" / "train.sbatch").read_text()
+    changed = render("train.lr=0.5")  # against the frozen config: refused, naming the key and --force
+    assert changed.returncode == 2 and "train.lr" in changed.stderr and "--force" in changed.stderr
+
+
+def test_prefetch_list_among_the_overrides(tmp_path):
+    proc = subprocess.run([sys.executable, "jobs/prefetch.py", "recipe=ain", "--list", "cluster=slurm",
+                           f"cluster.hf_home={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "NOT CACHED  (train.model)" in proc.stdout and not any(tmp_path.iterdir())  # listed, nothing fetched

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ain import PROJECT_ROOT
-from ain.atomic import atomic_write_json, atomic_write_text, read_json
+from ain.atomic import atomic_write_json, atomic_write_text, iter_jsonl, read_json
 from ain.config_base import ConfigError, config_from_yaml, flatten, to_yaml
 
 if TYPE_CHECKING:
@@ -92,6 +92,20 @@ class StagePaths:
         if not self.done.is_dir():
             return set()
         return {int(p.stem) for p in self.done.glob("*.json") if p.stem.isdigit()}
+
+    def require_complete(self, num_tasks: int, needed_by: str) -> None:
+        """Raise unless all `num_tasks` tasks of this stage have their markers (a downstream task
+        must never read a partial stage)."""
+        done = len(self.done_indices())
+        if done < num_tasks:
+            raise RuntimeError(f"{needed_by} needs stage {self.root.name} complete: {done}/{num_tasks} tasks done "
+                               f"in {self.done}")
+
+    def rows(self, pattern: str) -> Iterator[dict[str, Any]]:
+        """Every row of this stage's output files matching `pattern`: files in name order, lines in
+        file order (how every downstream stage reads an upstream one)."""
+        for path in sorted(self.out.glob(pattern)):
+            yield from iter_jsonl(path)
 
     def read_marker(self, index: int) -> dict[str, Any] | None:
         path = self.marker(index)

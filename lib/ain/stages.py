@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import itertools
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -102,20 +101,14 @@ class TaskContext:
     def _upstream_rows(self, stage: str, pattern: str,
                        keep: Callable[[dict[str, Any]], bool]) -> Iterator[dict[str, Any]]:
         paths = self.run.stage(stage)
-        expected = getattr(self.cfg, stage).num_tasks
-        if len(paths.done_indices()) < expected:
-            raise RuntimeError(f"stage {self.stage} needs {stage} to be complete: "
-                               f"{len(paths.done_indices())}/{expected} tasks done in {paths.done}")
+        paths.require_complete(getattr(self.cfg, stage).num_tasks, f"stage {self.stage}")
         n = 0
-        for path in sorted(paths.out.glob(pattern)):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    row = json.loads(line)
-                    if not keep(row):
-                        continue
-                    if n % self.num_tasks == self.index:
-                        yield row
-                    n += 1
+        for row in paths.rows(pattern):
+            if not keep(row):
+                continue
+            if n % self.num_tasks == self.index:
+                yield row
+            n += 1
 
     def run_resumable(self, out: ResumableJsonl, work: Callable[[], None]) -> dict[str, Any]:
         """Run `work` (which writes to and commits `out`), publish the outputs, log the

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 
 from ain.data.shards import ShardWriter, read_manifest
-from ain.train.collate import pack_stream
 from ain.train.checkpoint import discard_unadopted, prune_checkpoints, write_latest
+from ain.train.collate import pack_stream
 from ain.train.loop import Replayed, StreamPacker
 from ain.train.stream import ShardDataset, StateTracker
 

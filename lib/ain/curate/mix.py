@@ -33,12 +33,8 @@ from ain.stages import TaskContext
 def stage_rows(run: RunDir, stage: str, pattern: str, num_tasks: int) -> Iterator[dict[str, Any]]:
     """All rows of a complete upstream stage, in file and line order."""
     paths = run.stage(stage)
-    if len(paths.done_indices()) < num_tasks:
-        raise RuntimeError(f"mix needs stage {stage} complete: {len(paths.done_indices())}/{num_tasks} done")
-    for path in sorted(paths.out.glob(pattern)):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                yield json.loads(line)
+    paths.require_complete(num_tasks, "mix")
+    return paths.rows(pattern)
 
 
 def content_key(sample: dict[str, Any]) -> str:

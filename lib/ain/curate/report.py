@@ -87,13 +87,11 @@ def collect(run: RunDir, cfg: RunConfig) -> dict[str, Any]:
 def _verify_scores(run: RunDir) -> dict[str, list[float]]:
     """Per-turn scores of every attempt (first attempts and re-translations)."""
     scores: dict[str, list[float]] = {k: [] for k, _, _ in SCORE_PLOTS}
-    for path in sorted(run.stage("verify").out.glob("scores-*.jsonl")):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                for turn in json.loads(line).get("turns", []):
-                    for k in scores:
-                        if k in turn:
-                            scores[k].append(float(turn[k]))
+    for row in run.stage("verify").rows("scores-*.jsonl"):
+        for turn in row.get("turns", []):
+            for k in scores:
+                if k in turn:
+                    scores[k].append(float(turn[k]))
     return scores
 
 

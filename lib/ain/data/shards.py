@@ -43,6 +43,8 @@ import threading
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
+from ain.atomic import sha256_file
+
 _KEY_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 MANIFEST_GLOB = "manifest-*.jsonl"
 MANIFEST_NAME = re.compile(r"manifest-\d+\.jsonl")
@@ -313,12 +315,9 @@ def verify_shard(path: Path, entry: dict[str, Any], chunk: int = 4 << 20) -> Non
         raise CorruptShard(f"shard {path}: missing (listed in the manifest)") from None
     if size != entry["bytes"]:
         raise CorruptShard(f"shard {path}: {size} bytes, the manifest says {entry['bytes']} (truncated or replaced)")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    if h.hexdigest() != entry["sha256"]:
-        raise CorruptShard(f"shard {path}: sha256 {h.hexdigest()} does not match the manifest's {entry['sha256']}")
+    digest = sha256_file(path, chunk)
+    if digest != entry["sha256"]:
+        raise CorruptShard(f"shard {path}: sha256 {digest} does not match the manifest's {entry['sha256']}")
 
 
 def iter_shard(path: Path, entry: dict[str, Any] | None = None

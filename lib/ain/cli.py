@@ -25,8 +25,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ain.config import CONFIGS_DIR, RunConfig, describe_fields, load_config
 from ain.config_base import ConfigError
-from ain.slurm.launcher import Launcher, StageFailed, describe, resolve_run_dir, wait_for
+from ain.rundir import RunDir
+from ain.slurm.launcher import Launcher, StageFailed, describe, executor_kind, resolve_run_dir, wait_for
 from ain.stages import select_stages
+from ain.sweep import launch_sweep, plan_sweep, write_sweep_report
 
 HELP_EPILOG = ("Overrides are key=value (e.g. recipe=ain cluster=slurm ingest.num_tasks=8); lists are "
                "written [a,b] (stages=[ingest,translate]), mappings {k: v}; quote them for the shell.")
@@ -84,6 +86,38 @@ def config_main(description: str, run: Callable[[RunConfig, argparse.Namespace],
 
 def submit_main(description: str, argv: Sequence[str] | None = None, extra: Sequence[str] = ()) -> int:
     return _main(description, _submit, argv, extra, SUBMIT_FLAGS)
+
+
+def sweep_main(description: str, argv: Sequence[str] | None = None) -> int:
+    """jobs/submit_sweep.py: plan the variants (ain.sweep), print the plan, launch them."""
+    return _main(description, _sweep, argv, (), ("--dry-run", "--force", "--wait"))
+
+
+def _sweep(overrides: list[str], args: argparse.Namespace) -> int:
+    plan = plan_sweep(overrides, check_paths=not args.dry_run)
+    print(plan.describe(), flush=True)
+    if args.dry_run:
+        for v in plan.variants:
+            launcher = Launcher(v.cfg, RunDir(v.cfg.run_dir), selected=v.own)
+            print(f"\n# ==== variant {v.name} ====")
+            print("\n".join(line for line in launcher.dry_run().splitlines() if not line.startswith(("#", "srun", "export"))))
+        return 0
+    try:
+        reports = launch_sweep(plan, force=args.force, argv=sys.argv)
+    except StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for name, report in reports.items():
+        print(f"-- {name}\n{describe(report)}")
+    if all(executor_kind(v.cfg) == "local" for v in plan.variants):
+        print(f"finished; comparison table: {write_sweep_report(plan.root)['report']}")
+        return 0
+    if args.wait:
+        for v in plan.variants:
+            wait_for(RunDir(v.cfg.run_dir), [], poll_s=v.cfg.cluster.poll_s)
+        print(f"all jobs left the queue; comparison table: {write_sweep_report(plan.root)['report']}")
+    print(f"follow it with: python jobs/status.py {plan.root}; the table: python jobs/report.py {plan.root}")
+    return 0
 
 
 def _main(description: str, body: Callable[[list[str], argparse.Namespace], int], argv: Sequence[str] | None,

@@ -334,7 +334,7 @@ def write_sweep_report(root: Path) -> dict[str, Any]:
     shared = {v["name"]: sorted(s for s, o in v["owners"].items() if o != v["name"]) for v in record["variants"]}
     lines += ["", "## Shared work", ""] + [f"- {n}: shares {', '.join(s) or 'nothing'}" for n, s in shared.items()]
     result = {"sweep": record["name"], "baseline": record["baseline"], "variants": rows, "published": published,
-              "shared": shared}
+              "shared": shared, "report": str(Path(root) / "report" / "sweep.md")}
     report = private_mkdir(Path(root) / "report")
     atomic_write_json(report / "sweep_results.json", result)
     atomic_write_text(report / "sweep.md", "\n".join(lines) + "\n")

@@ -6,6 +6,8 @@ runs the same on the local Slurm cluster."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,16 @@ def test_three_variant_sweep_runs_shared_stages_once(tmp_path, monkeypatch):
     again = launch_sweep(plan_sweep([*CHAIN, f"runs_root={tmp_path}", "name=share",
                                      "sweep.mix.authentic_arabic_share=0.2,0.35,0.5"]), argv=["test"])
     assert not any(sl.submitted for report in again.values() for sl in report)
+
+
+def test_submit_sweep_dry_run_prints_the_plan_and_submits_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "jobs/submit_sweep.py", "recipe=smoke", f"runs_root={tmp_path}",
+                           "sweep=authentic_share", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "sweep authentic_share: 3 variants" in proc.stdout
+    assert "# ==== variant share_20 ====" in proc.stdout and "  ingest: not selected (left as it is)" in proc.stdout
+    assert "cost: shared stages" in proc.stdout
+    assert not (tmp_path / "authentic_share").exists()
+    bad = subprocess.run([sys.executable, "jobs/submit_sweep.py", "recipe=smoke", "sweep=nope"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "sweep=nope: no file" in bad.stderr

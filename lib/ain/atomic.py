@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
+log = logging.getLogger(__name__)
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     path = Path(path)
@@ -135,6 +137,87 @@ class ResumableJsonl:
                     f.close()
                 except OSError:
                     pass  # the descriptor is closed even when the flush fails
+
+
+class AppendOnlyCache:
+    """A JSONL file of {"key", ...} entries that one task appends to (mode 0600), read back whole
+    on open: what a requeued task, or a sibling run computing the same things, need not redo.
+
+    A torn last line (the task was killed mid-write) is dropped on open. Each `put` is flushed,
+    so a killed process loses nothing it had already paid for. `preload(paths)` adds other tasks'
+    files read-only (e.g. a sweep variant's, ain.curate.verify); `reused` counts hits on them and
+    `written` the entries this process added (work it did).
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._entries: dict[str, dict] = {}
+        self._preloaded: set[str] = set()
+        self.reused = self.written = 0
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.chmod(self.path, 0o600)
+        self._f = os.fdopen(fd, "r+b")
+        good_end = 0
+        for line in self._f:
+            if not line.endswith(b"\n"):
+                break  # torn write: cut it off below
+            self._add(line)
+            good_end += len(line)
+        self._f.truncate(good_end)
+        self._f.seek(good_end)
+
+    def _add(self, line: bytes) -> Optional[str]:
+        try:
+            entry = json.loads(line)
+            self._entries[entry["key"]] = entry
+            return entry["key"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: skipping an unreadable cache line", self.path)
+            return None
+
+    def preload(self, paths: Iterable[Path]) -> int:
+        """Entries of other caches (complete lines only, never written to). Returns how many."""
+        n = 0
+        for path in paths:
+            if Path(path).resolve() == self.path.resolve() or not Path(path).is_file():
+                continue
+            with open(path, "rb") as f:
+                for line in f:
+                    if line.endswith(b"\n") and (key := self._add(line)) is not None and key not in self._preloaded:
+                        self._preloaded.add(key)
+                        n += 1
+        return n
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def get(self, key: str) -> Optional[dict]:
+        entry = self._entries.get(key)
+        if entry is not None and key in self._preloaded:
+            self.reused += 1
+        return entry
+
+    def put_entry(self, entry: dict[str, Any]) -> None:
+        self._f.write((json.dumps(entry, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n")
+                      .encode("utf-8"))
+        self._f.flush()
+        self._entries[entry["key"]] = entry
+        self._preloaded.discard(entry["key"])
+        self.written += 1
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> "AppendOnlyCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _partial(final: Path) -> Path:

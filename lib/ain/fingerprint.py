@@ -27,10 +27,10 @@ import json
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ain.atomic import atomic_write_json, read_json
-from ain.rundir import RunDir, private_mkdir
+from ain.rundir import RunDir, StagePaths, private_mkdir
 
 if TYPE_CHECKING:
     from ain.config import RunConfig
@@ -40,19 +40,23 @@ ALWAYS_OPERATIONAL = frozenset({"resources", "shared_resources"})
 FINGERPRINT_FILE = "fingerprint.json"
 
 
-def effective_fields(obj: Any, prefix: str = "") -> dict[str, Any]:
+def effective_fields(obj: Any, prefix: str = "", decisions: bool = True) -> dict[str, Any]:
     """{'translator.model': ..., ...}: the fields of a config dataclass that determine outputs,
-    flattened; lists and dicts are kept whole (JSON values)."""
+    flattened; lists and dicts are kept whole (JSON values). Without `decisions`, also leave out
+    the fields a section lists in `DECISION_ONLY`: thresholds applied to work that does not depend
+    on them (verify's scores and re-translations), which a run differing only there can reuse."""
     out: dict[str, Any] = {}
     skip = ALWAYS_OPERATIONAL | frozenset(getattr(type(obj), "OPERATIONAL", ()))
+    if not decisions:
+        skip |= frozenset(getattr(type(obj), "DECISION_ONLY", ()))
     for f in fields(obj):
         if f.name in skip:
             continue
         value = getattr(obj, f.name)
         if is_dataclass(value):
-            out.update(effective_fields(value, f"{prefix}{f.name}."))
+            out.update(effective_fields(value, f"{prefix}{f.name}.", decisions))
         elif isinstance(value, list) and value and all(is_dataclass(v) for v in value):
-            out[f"{prefix}{f.name}"] = [effective_fields(v) for v in value]
+            out[f"{prefix}{f.name}"] = [effective_fields(v, "", decisions) for v in value]
         else:
             out[f"{prefix}{f.name}"] = value
     return out
@@ -78,9 +82,12 @@ class Fingerprint:
     config: dict[str, Any]
     upstream: dict[str, str]
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    reuse_key: str = ""
+    """The digest without the section's DECISION_ONLY fields: runs with the same reuse key differ
+    at most in thresholds, so one may reuse the other's cached work (reusable_siblings)."""
 
     def record(self) -> dict[str, Any]:
-        return {"stage": self.stage, "digest": self.digest, "config": self.config,
+        return {"stage": self.stage, "digest": self.digest, "reuse_key": self.reuse_key, "config": self.config,
                 "upstream": self.upstream, "inputs": self.inputs}
 
 
@@ -101,7 +108,40 @@ def stage_fingerprints(cfg: "RunConfig") -> dict[str, Fingerprint]:
         inputs = [file_identity(p) for p in inputs_of(cfg)] if inputs_of is not None else []
         upstream = {u: out[u].digest for u in cfg.spec(name).reads if u in out}
         digest = _digest({"stage": name, "config": config, "upstream": upstream, "inputs": inputs})
-        out[name] = Fingerprint(name, digest, config, upstream, inputs)
+        decision_only = set(effective_fields(section)) - set(effective_fields(section, decisions=False))
+        undecided = {k: v for k, v in config.items() if k not in decision_only}
+        reuse_key = _digest({"stage": name, "config": undecided, "upstream": upstream, "inputs": inputs})
+        out[name] = Fingerprint(name, digest, config, upstream, inputs, reuse_key)
+    return out
+
+
+def stage_dirs_under(runs_root: Path, stage: str) -> Iterator[Path]:
+    """This stage's directory in every run under runs_root (runs/<run>/ and a sweep's
+    runs/<sweep>/<variant>/), each once (a sweep's linked directories are followed)."""
+    seen: set[Path] = set()
+    for pattern in (f"*/stages/{stage}", f"*/*/stages/{stage}"):
+        for d in sorted(Path(runs_root).glob(pattern)):
+            if d.is_dir() and d.resolve() not in seen:
+                seen.add(d.resolve())
+                yield d
+
+
+def reusable_siblings(run: RunDir, stage: str) -> list[StagePaths]:
+    """The same stage in the other runs beside this one (its runs_root, or its sweep) whose
+    reuse key equals this one's and whose fingerprint does not: the same work under other
+    thresholds, whose caches this stage may read (ain.curate.verify)."""
+    own = recorded(run, stage)
+    if not own or not own.get("reuse_key"):
+        return []
+    mine = run.stage(stage).root.resolve()
+    out = []
+    for d in stage_dirs_under(run.root.parent, stage):
+        record = d / FINGERPRINT_FILE
+        if d.resolve() == mine or not record.is_file():
+            continue
+        other = read_json(record)
+        if other.get("reuse_key") == own["reuse_key"] and other.get("digest") != own["digest"]:
+            out.append(StagePaths(d.resolve()))
     return out
 
 

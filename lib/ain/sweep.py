@@ -214,6 +214,21 @@ def link_shared(plan: SweepPlan, v: Variant) -> dict[str, RunDir]:
     return borrowed
 
 
+def reuse_sources(plan: SweepPlan, v: Variant) -> dict[str, RunDir]:
+    """Stages `v` computes itself whose work an earlier variant computes under other thresholds
+    (same reuse key, fingerprint.Fingerprint): they run after that variant's, to read its caches
+    instead of computing the same scores and re-translations at the same time."""
+    out: dict[str, RunDir] = {}
+    for stage in v.own:
+        for u in plan.variants:
+            if u is v:
+                break
+            if stage in u.own and u.prints[stage].reuse_key == v.prints[stage].reuse_key:
+                out[stage] = RunDir(plan.root / u.name)
+                break
+    return out
+
+
 def launch_sweep(plan: SweepPlan, force: bool = False, argv: list[str] | None = None) -> dict[str, list[StageLaunch]]:
     """Launch every variant, baseline first; a variant submits only the stages it owns."""
     private_mkdir(plan.root)
@@ -221,7 +236,8 @@ def launch_sweep(plan: SweepPlan, force: bool = False, argv: list[str] | None = 
     for v in plan.variants:
         borrowed = link_shared(plan, v)
         atomic_write_json(plan.root / SWEEP_FILE, sweep_record(plan))
-        launcher = Launcher(v.cfg, RunDir(v.cfg.run_dir), selected=v.own, borrowed=borrowed)
+        launcher = Launcher(v.cfg, RunDir(v.cfg.run_dir), selected=v.own, borrowed=borrowed,
+                            after_siblings=reuse_sources(plan, v))
         reports[v.name] = launcher.launch(force=force, argv=argv)
     return reports
 

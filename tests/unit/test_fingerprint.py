@@ -119,3 +119,15 @@ def test_changed_input_file_makes_ingest_and_everything_after_it_stale(tmp_path,
     assert [s.stage for s in stale_stages(cfg, run)] == ["ingest", "mix", "pack"]
     assert [(s.name, s.state) for s in status.collect(run, use_queue=False)] == [
         ("ingest", "stale"), ("mix", "stale"), ("pack", "stale")]
+
+
+def test_reuse_key_ignores_thresholds_only():
+    base = stage_fingerprints(load_config(["recipe=smoke", "cluster=local"], check_paths=False))
+    stricter = stage_fingerprints(load_config(["recipe=smoke", "cluster=local", "verify.min_labse=0.9"],
+                                              check_paths=False))
+    assert base["verify"].digest != stricter["verify"].digest
+    assert base["verify"].reuse_key == stricter["verify"].reuse_key      # same scores, other decisions
+    assert base["safety"].reuse_key != stricter["safety"].reuse_key      # downstream: other inputs
+    other_model = stage_fingerprints(load_config(["recipe=smoke", "cluster=local", "verify.labse_model=x/y"],
+                                                 check_paths=False))
+    assert other_model["verify"].reuse_key != base["verify"].reuse_key

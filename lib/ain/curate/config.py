@@ -119,6 +119,10 @@ class VerifyConfig:
 
     OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every", "labse_batch_size")
     """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
+    DECISION_ONLY: ClassVar[tuple[str, ...]] = ("min_labse", "min_bleu4", "min_meteor", "min_rouge_l",
+                                                "exact_match_passes", "max_retranslations")
+    """Thresholds over work that does not depend on them: scores are keyed by the texts and the LaBSE
+    model, re-translations by their request; a run differing only here reuses the other's (verify)."""
 
     labse_model: str = "sentence-transformers/LaBSE"
     """sentence-transformers model for cosine(EN original, AR translation)."""

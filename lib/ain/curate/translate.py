@@ -21,7 +21,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, Iterator, Optional
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional
 
 from ain.atomic import ResumableJsonl
 from ain.curate.translator import Translator, UntranslatableSample
@@ -35,10 +36,12 @@ def is_english(sample: dict[str, Any]) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def translator_session(ctx: TaskContext, endpoint_info) -> Any:
-    """A Translator on an open endpoint, with this task's response cache."""
+async def translator_session(ctx: TaskContext, endpoint_info, preload: Iterable[Path] = ()) -> Any:
+    """A Translator on an open endpoint, with this task's response cache (and, read-only, the
+    `preload` caches of runs that asked the same questions: ain.curate.verify)."""
     judge = ctx.cfg.translate.translator
     cache = ResponseCache(ctx.paths.state / f"responses-{ctx.index:05d}.jsonl")
+    cache.preload(preload)
     client = ChatClient.from_judge(judge, endpoint_info, cache=cache)
     try:
         yield Translator(client, ctx.cfg.translate)

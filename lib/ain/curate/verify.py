@@ -12,39 +12,74 @@ endpoint is brought up only if some sample of the task needs it. Then it is reje
 score of every attempt goes to `scores-<i>.jsonl` for the curation report.
 
 Outputs: passed-<i>.jsonl (Arabic samples, ready for the mix), rejected-<i>.jsonl (id, reasons,
-all attempts' scores), scores-<i>.jsonl (one row per attempt).
+every attempt's text and scores), scores-<i>.jsonl (one row per attempt).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 from typing import Any
 
+from ain.atomic import AppendOnlyCache
 from ain.curate.metrics import Embedder, gate, normalize_for_overlap, overlap_scores
 from ain.curate.protect import strip_markers
 from ain.curate.translate import open_endpoint, translator_session
 from ain.curate.translator import arabic_sample
+from ain.fingerprint import reusable_siblings
+from ain.rundir import StagePaths
 from ain.stages import TaskContext, windows
+
+SCORE_CACHE = "score-cache"
 
 
 class Scorer:
-    """Scores attempts: LaBSE in one batch per call, overlap metrics per turn."""
+    """Scores attempts: LaBSE in one batch per call, overlap metrics per turn, then the gate.
 
-    def __init__(self, ctx: TaskContext) -> None:
+    A turn's scores depend on the LaBSE model and the three texts only, never on the thresholds,
+    so they are cached by content (state/score-cache-<i>.jsonl): a requeued task, or a run that
+    differs only in thresholds (a sweep variant: fingerprint.reusable_siblings), reads them back
+    instead of computing them again. `computed` and `cache.reused` count both kinds."""
+
+    def __init__(self, ctx: TaskContext, siblings: list[StagePaths] = ()) -> None:
         from ain.serve.placement import in_process_device, plan_gpus, visible_gpus  # noqa: PLC0415
 
         self.cfg = ctx.cfg.verify
         gpus = visible_gpus()  # LaBSE takes the first GPU the translator's server does not
-        device = in_process_device(plan_gpus({"translator": ctx.cfg.translate.translator}, gpus), gpus)
-        self.embedder = Embedder(self.cfg.labse_model, device=device)
+        self.device = in_process_device(plan_gpus({"translator": ctx.cfg.translate.translator}, gpus), gpus)
+        self._embedder: Embedder | None = None  # loaded on the first turn not in the cache
+        self.cache = AppendOnlyCache(ctx.paths.state / f"{SCORE_CACHE}-{ctx.index:05d}.jsonl")
+        self.cache.preload(p.state / f"{SCORE_CACHE}-{ctx.index:05d}.jsonl" for p in siblings)
+        self.computed = 0
+
+    def _key(self, en: str, ar: str, back: str) -> str:
+        blob = json.dumps([self.cfg.labse_model, en, ar, back], ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def _turn_scores(self, turns: list[dict[str, Any]]) -> list[dict[str, float]]:
+        """Scores of translated turns, from the cache or computed (LaBSE batched) and cached."""
+        texts = [(strip_markers(t["en"]), strip_markers(t["ar"]), strip_markers(t["back"])) for t in turns]
+        keys = [self._key(*x) for x in texts]
+        found = [self.cache.get(k) for k in keys]
+        todo = [i for i, hit in enumerate(found) if hit is None]
+        if todo:
+            if self._embedder is None:
+                self._embedder = Embedder(self.cfg.labse_model, device=self.device)
+            cosines = self._embedder.cosine_pairs([texts[i][0] for i in todo], [texts[i][1] for i in todo],
+                                                  batch_size=self.cfg.labse_batch_size)
+            for i, cosine in zip(todo, cosines):
+                en, _, back = texts[i]
+                found[i] = {"key": keys[i], "scores": {"labse": float(cosine), **overlap_scores(back, en)}}
+                self.cache.put_entry(found[i])
+            self.computed += len(todo)
+        return [hit["scores"] for hit in found]
 
     def score(self, attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Per attempt: {"passed", "reasons", "turns": [per-turn scores], "min": {metric: min}}."""
-        pairs = [(strip_markers(t["en"]), strip_markers(t["ar"]))
-                 for a in attempts if not a["error"] for t in a["turns"] if not t["copied"]]
-        cosines = iter(self.embedder.cosine_pairs([p[0] for p in pairs], [p[1] for p in pairs],
-                                                  batch_size=self.cfg.labse_batch_size) if pairs else [])
+        translated = [t for a in attempts if not a["error"] for t in a["turns"] if not t["copied"]]
+        scored = iter(self._turn_scores(translated) if translated else [])
         results = []
         for a in attempts:
             if a["error"]:
@@ -55,7 +90,7 @@ class Scorer:
                 if t["copied"]:
                     continue
                 en, back = strip_markers(t["en"]), strip_markers(t["back"])
-                scores = {"labse": float(next(cosines)), **overlap_scores(back, en)}
+                scores = dict(next(scored))
                 decision = gate(scores, self.cfg, exact_match=normalize_for_overlap(back) == normalize_for_overlap(en))
                 turn_scores.append({"turn": t["turn"], **scores, "passed": decision.passed})
                 reasons += [f"turn {t['turn']}: {r}" for r in decision.reasons]
@@ -74,16 +109,28 @@ def run_verify_task(ctx: TaskContext) -> dict[str, Any]:
     out = ctx.resumable_outputs(passed=f"passed-{ctx.index:05d}.jsonl", rejected=f"rejected-{ctx.index:05d}.jsonl",
                                 scores=f"scores-{ctx.index:05d}.jsonl")
     rows = ctx.upstream_rows("translate", "translations-*.jsonl", skip=out.position)
-    scorer = Scorer(ctx)
+    siblings = reusable_siblings(ctx.run, ctx.stage)  # the same work under other thresholds
+    if siblings:
+        ctx.log.info("reusing the scores and re-translations of %s", ", ".join(str(p.root) for p in siblings))
+    scorer = Scorer(ctx, siblings)
+    responses: list[AppendOnlyCache] = []  # the translator's response cache, once retries open it
 
     def work() -> None:
         with contextlib.ExitStack() as stack:  # holds the translator endpoint, if retries open it
-            asyncio.run(_verify_all(ctx, scorer, rows, out, stack))
+            asyncio.run(_verify_all(ctx, scorer, rows, out, stack, siblings, responses))
+        out.count("scores_computed", scorer.computed)
+        out.count("scores_reused", scorer.cache.reused)
+        out.count("translator_requests", sum(c.written for c in responses))        # answered by the server
+        out.count("translator_requests_reused", sum(c.reused for c in responses))  # from a sibling's cache
 
-    return ctx.run_resumable(out, work)
+    try:
+        return ctx.run_resumable(out, work)
+    finally:
+        scorer.cache.close()
 
 
-async def _verify_all(ctx: TaskContext, scorer: Scorer, rows, out, stack: contextlib.ExitStack) -> None:
+async def _verify_all(ctx: TaskContext, scorer: Scorer, rows, out, stack: contextlib.ExitStack,
+                      siblings: list[StagePaths], responses: list[AppendOnlyCache]) -> None:
     cfg = ctx.cfg.verify
     session: list[Any] = []  # the translator, opened on first need
     async with contextlib.AsyncExitStack() as astack:
@@ -91,7 +138,10 @@ async def _verify_all(ctx: TaskContext, scorer: Scorer, rows, out, stack: contex
         async def translator():
             if not session:
                 ep = stack.enter_context(open_endpoint(ctx))
-                session.append(await astack.enter_async_context(translator_session(ctx, ep)))
+                preload = [p.state / f"responses-{ctx.index:05d}.jsonl" for p in siblings]
+                translator = await astack.enter_async_context(translator_session(ctx, ep, preload))
+                responses.append(translator.client.cache)
+                session.append(translator)
             return session[0]
 
         position = out.position
@@ -113,9 +163,14 @@ async def _verify_all(ctx: TaskContext, scorer: Scorer, rows, out, stack: contex
                     elif attempt["attempt"] < cfg.max_retranslations:
                         retry.append(row)
                     else:
+                        # every attempt's text too (protected spans masked, listed in "spans"): a
+                        # reviewer judges a rejection by reading it
                         out.write("rejected", {"id": row["id"], "reasons": result["reasons"],
                                                "attempts": [{"attempt": a["attempt"], "temperature": a["temperature"],
-                                                             "scores": a["scores"]} for a in row["attempts"]]})
+                                                             "error": a.get("error"), "scores": a["scores"],
+                                                             "turns": [{k: t.get(k) for k in ("turn", "en", "ar", "back", "spans")}
+                                                                       for t in a["turns"]]}
+                                                            for a in row["attempts"]]})
                         out.count("rejected")
                         out.count(f"rejected_{_reason_class(result['reasons'])}")
                 if retry:

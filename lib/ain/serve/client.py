@@ -21,17 +21,16 @@ import email.utils
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import httpx
 import jsonschema
 
+from ain.atomic import AppendOnlyCache
 from ain.serve.transport import Http11Transport
 
 log = logging.getLogger(__name__)
@@ -97,61 +96,16 @@ def request_key(model: str, messages: list, temperature: float, top_p: float, ma
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-class ResponseCache:
-    """Append-only JSONL of validated answers, one file per task (mode 0600).
-
-    Each line: {"key", "text", "parsed", "finish_reason", "usage", "time"}; no prompt is stored.
-    A torn last line (the task was killed mid-write) is dropped on open. Each `put` is flushed,
-    so a killed process loses nothing it had already paid for.
-    """
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._entries: dict[str, dict] = {}
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.chmod(self.path, 0o600)
-        self._f = os.fdopen(fd, "r+b")
-        good_end = 0
-        for line in self._f:
-            if not line.endswith(b"\n"):
-                break  # torn write: cut it off below
-            try:
-                entry = json.loads(line)
-                self._entries[entry["key"]] = entry
-            except (ValueError, KeyError, TypeError):
-                log.warning("%s: skipping an unreadable cache line", self.path)
-            good_end += len(line)
-        self._f.truncate(good_end)
-        self._f.seek(good_end)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._entries
-
-    def get(self, key: str) -> Optional[dict]:
-        return self._entries.get(key)
+class ResponseCache(AppendOnlyCache):
+    """Validated answers, one file per task (ain.atomic.AppendOnlyCache): each line {"key", "text",
+    "parsed", "finish_reason", "usage", "time"}; no prompt is stored."""
 
     def put(self, key: str, result: ChatResult) -> None:
         entry = {"key": key, "text": result.text, "parsed": result.parsed, "finish_reason": result.finish_reason,
                  "usage": result.usage, "time": time.time()}
         if result.top_logprobs is not None:
             entry["top_logprobs"] = result.top_logprobs
-        self._f.write((canonical_json(entry) + "\n").encode("utf-8"))
-        self._f.flush()
-        self._entries[key] = entry
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-
-    def __enter__(self) -> "ResponseCache":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        self.put_entry(entry)
 
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)

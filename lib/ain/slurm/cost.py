@@ -19,10 +19,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ain.atomic import read_json
-from ain.fingerprint import FINGERPRINT_FILE, stage_fingerprints
+from ain.fingerprint import FINGERPRINT_FILE, stage_dirs_under, stage_fingerprints
 from ain.rundir import StagePaths
 from ain.stages import load_hook, plan
 
@@ -49,23 +49,14 @@ class StageCost:
         return math.ceil(self.tasks / max(1, self.parallel)) * self.task_hours
 
 
-def _candidate_stage_dirs(runs_root: Path, stage: str) -> Iterable[Path]:
-    """Stage directories of the runs under runs_root (runs/<run>/ and sweeps' runs/<sweep>/<variant>/)."""
-    for pattern in (f"*/stages/{stage}", f"*/*/stages/{stage}"):
-        yield from runs_root.glob(pattern)
-
-
 def measured(runs_root: Path, stage: str, digest: str) -> Optional[tuple[float, int, int, str]]:
     """(mean task-seconds, tasks measured, items, where) over finished tasks of this stage with
     this fingerprint, or None."""
-    seen: set[Path] = set()
-    for d in _candidate_stage_dirs(runs_root, stage):
-        real = d.resolve()
-        record = real / FINGERPRINT_FILE
-        if real in seen or not record.is_file() or read_json(record).get("digest") != digest:
+    for d in stage_dirs_under(runs_root, stage):
+        record = d / FINGERPRINT_FILE
+        if not record.is_file() or read_json(record).get("digest") != digest:
             continue
-        seen.add(real)
-        paths = StagePaths(real)
+        paths = StagePaths(d.resolve())
         markers = [m for i in sorted(paths.done_indices()) if (m := paths.read_marker(i)) and m.get("seconds")]
         markers = [m for m in markers if m.get("fingerprint") in (digest, None)]
         if markers:

@@ -73,7 +73,7 @@ def job_name(cfg: RunConfig, stage: str) -> str:
 
 class Launcher:
     def __init__(self, cfg: RunConfig, run: RunDir, selected: list[str] | None = None,
-                 borrowed: dict[str, RunDir] | None = None) -> None:
+                 borrowed: dict[str, RunDir] | None = None, after_siblings: dict[str, RunDir] | None = None) -> None:
         self.cfg = cfg
         self.run = run
         self.kind = executor_kind(cfg)
@@ -81,6 +81,9 @@ class Launcher:
         # Stages another run computes (a sweep's variants share them, ain.sweep): never submitted
         # here; their queued jobs are found in that run's events and waited for like any upstream.
         self.borrowed = borrowed or {}
+        # Stages that reuse the same stage's work in another run (a sweep variant differing only in
+        # thresholds, fingerprint.reusable_siblings): their tasks also wait for that run's tasks.
+        self.after_siblings = after_siblings or {}
         if any(self._chosen(name) for name in self.borrowed):
             raise ValueError(f"borrowed stages {sorted(self.borrowed)} must not be selected")
         self._code_dir: Path | None = None  # this launch's code snapshot, made at its first submission
@@ -284,8 +287,10 @@ class Launcher:
             if missing:
                 # one array per upstream stage the missing tasks wait for (usually just one)
                 sl.dependency = []
+                siblings = (active_elements(self.after_siblings[st.name], [st.name])
+                            if st.name in self.after_siblings else [])
                 for upstream, indices in st.upstream_groups(missing).items():
-                    dependency = waits_on.get(upstream, []) if upstream else []
+                    dependency = (waits_on.get(upstream, []) if upstream else []) + siblings
                     job_id, elements = self._submit_slurm(st, indices, dependency)
                     sl.job_ids.append(job_id)
                     sl.elements += elements

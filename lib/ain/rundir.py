@@ -132,8 +132,12 @@ class RunDir:
     def events_path(self) -> Path:
         return self.root / "events.jsonl"
 
+    @property
+    def stages_root(self) -> Path:
+        return self.root / "stages"
+
     def stage(self, name: str) -> StagePaths:
-        return StagePaths(self.root / "stages" / name)
+        return StagePaths(self.stages_root / name)
 
     def exists(self) -> bool:
         return self.config_path.exists()

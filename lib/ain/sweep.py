@@ -197,10 +197,10 @@ def link_shared(plan: SweepPlan, v: Variant) -> dict[str, RunDir]:
     returns stage -> the owner's run. A stage directory `v` already holds (an earlier launch
     computed it there) stays: it is then its own."""
     borrowed: dict[str, RunDir] = {}
-    stages_dir = private_mkdir(plan.root / v.name / "stages")
+    stages_dir = private_mkdir(RunDir(plan.root / v.name).stages_root)
     for stage, owner in v.shared.items():
         link = stages_dir / stage
-        target = plan.root / owner / "stages" / stage
+        target = RunDir(plan.root / owner).stage(stage).root
         if link.is_symlink():
             if link.resolve() != target.resolve():
                 link.unlink()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, ClassVar, Optional
 from ain import PROJECT_ROOT
 from ain.config_base import JudgeConfig, Need, Resources, vllm_command
 from ain.hub import HubAsset, hub_model
+from ain.rundir import RunDir
 from ain.serve.placement import check_gpus
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ class EvalConfig:
     def model_endpoint(self, run_root: "Path | str") -> JudgeConfig:
         """The endpoint backend's server settings with the model under evaluation filled in
         (the checkpoint, else this run's export), for the eval tasks and a shared server alike."""
-        model = self.endpoint.model or self.checkpoint or str(Path(run_root) / "stages" / "export" / "out" / "model")
+        model = self.endpoint.model or self.checkpoint or str(RunDir(run_root).stage("export").out / "model")
         return dataclasses.replace(self.endpoint, model=model)
 
     def judges(self, cfg: "RunConfig", run_root: Optional[Path]) -> dict[str, JudgeConfig]:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from submitit.slurm.slurm import _make_sbatch_string  # the text submitit itself submits
 
 from ain.config_base import ClusterConfig, ConfigError, Resources
+from ain.rundir import RunDir
 
 if TYPE_CHECKING:
     from ain.config import RunConfig
@@ -155,7 +156,7 @@ def render_torchrun_sbatch(cfg: RunConfig, run_root: Path, python: str = "python
     if stage is None:
         raise ConfigError(f"stages: none of {cfg.stages} is a multi-node stage to render")
     res = getattr(cfg, stage).resources
-    paths = Path(run_root) / "stages" / stage
+    paths = RunDir(run_root).stage(stage).root
     params = slurm_parameters(cfg.cluster, f"ain-{cfg.name}-{stage}", res, code_dir=code_dir)
     params.pop("array_parallelism")
     params.pop("signal_delay_s")

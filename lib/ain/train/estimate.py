@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from ain.data.shards import read_manifest
+from ain.rundir import RunDir
 from ain.train.attention import plan_attention
 from ain.train.ds_config import warmup_steps
 from ain.train.loop import Schedule, estimated_schedule, manifest_lengths, plan_schedule
@@ -84,14 +85,14 @@ class GpuHours:
 
 def estimate_train(cfg: RunConfig, run_root: Path) -> GpuHours:
     t = cfg.train
-    manifest = read_manifest(Path(run_root) / "stages" / "pack" / "out")
+    manifest = read_manifest(RunDir(run_root).stage("pack").out)
     if manifest:
         samples, samples_source = sum(int(e["samples"]) for e in manifest), "pack manifest"
     else:
         samples, samples_source = t.expected_samples, "train.expected_samples"
     gpus = t.resources.nodes * max(t.resources.gpus_per_node, 0)
     devices = gpus or t.resources.nodes * t.resources.tasks_per_node  # CPU runs: one "device" per rank
-    measured = [m["tokens_per_s"] / devices for m in read_metrics(Path(run_root) / "stages" / "train" / "out")
+    measured = [m["tokens_per_s"] / devices for m in read_metrics(RunDir(run_root).stage("train").out)
                 if m.get("tokens_per_s")]
     if measured:
         rate, rate_source = statistics.median(measured), f"measured, median of {len(measured)} steps"

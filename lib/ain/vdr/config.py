@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, ClassVar, Optional
 
 from ain.config_base import Need, Resources
 from ain.hub import HubAsset, hub_model
+from ain.rundir import RunDir
 
 if TYPE_CHECKING:
     from ain.config import RunConfig
@@ -351,7 +352,7 @@ class VdrEvalConfig:
         need(self.load_errors in ("record", "fail"), "vdr_eval.load_errors", "record or fail")
         need(self.corpus in ("positional", "dedup"), "vdr_eval.corpus", "positional or dedup")
         if any(m.path == FINETUNED for m in self.models) and "vdr_eval" in cfg.stages:
-            need("vdr_train" in cfg.stages or os.path.isdir(cfg.run_dir / "stages" / "vdr_train" / "done"),
+            need("vdr_train" in cfg.stages or RunDir(cfg.run_dir).stage("vdr_train").done.is_dir(),
                  "vdr_eval.models", f"{FINETUNED} needs the vdr_train stage in this run")
 
 

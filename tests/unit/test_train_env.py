@@ -65,20 +65,21 @@ def test_other_kernels_are_used_as_asked_without_probing(asked):
 
 
 def test_metrics_rows_carry_the_attention_choice(tmp_path):
-    from ain.train.loop import add_row_fields
     from ain.train.telemetry import TrainLog, read_metrics
 
-    log = TrainLog(tmp_path, 0, 0, world_size=1, peak_flops=1e12, tensorboard=False)
-    add_row_fields(log, AttentionChoice(FLASH, "sdpa", "no CUDA device").record())
+    log = TrainLog(tmp_path, 0, 0, world_size=1, peak_flops=1e12, tensorboard=False,
+                   fields=AttentionChoice(FLASH, "sdpa", "no CUDA device").record())
     for step in (1, 2):
         log.step(step, loss=1.0, lr=1e-5, grad_norm=0.5, tokens=10, samples=2, flops=1e9, sample_ids=["a", "b"])
     log.close()
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["attn_implementation"] == "sdpa" and r["attn_fallback"] == "no CUDA device" for r in rows)
-    other = TrainLog(tmp_path / "r1", 1, 0, world_size=2, peak_flops=1e12, tensorboard=False)
-    add_row_fields(other, {"attn_implementation": "sdpa"})  # rank 1 writes no metrics.jsonl: nothing to wrap
+    other = TrainLog(tmp_path / "r1", 1, 0, world_size=2, peak_flops=1e12, tensorboard=False,
+                     fields={"attn_implementation": "sdpa"})  # rank 1 writes no metrics.jsonl
+    other.step(1, loss=1.0, lr=1e-5, grad_norm=0.5, tokens=10, samples=2, flops=1e9, sample_ids=["c"])
     other.close()
+    assert not (tmp_path / "r1" / "metrics.jsonl").exists()
 
 
 def test_dry_run_says_which_attention_each_job_tries(chdir_root, tmp_path):

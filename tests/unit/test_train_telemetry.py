@@ -169,3 +169,10 @@ def test_status_training_progress_and_eta(tmp_path):
                     "total_steps": 100}) + "\n" for s, sec in [(1, 9.0), (2, 2.0), (3, 2.0), (4, 2.0)]))
     t = training_progress(tmp_path)
     assert t["step"] == 4 and t["loss"] == 0.75 and t["eta_s"] == 96 * 2.0  # median step time, not the slow first
+
+
+def test_frozen_vision_parameters_count_forward_only():
+    # 10 patches through 20 frozen vision parameters: 2 FLOPs per parameter per patch, not 6
+    trained = row_flops(100, 20, 2, 4, [8], 10)
+    frozen = row_flops(100, 0, 2, 4, [8], 10, n_frozen_vision=20)
+    assert trained - frozen == (6 - 2) * 20 * 10

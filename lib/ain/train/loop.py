@@ -488,29 +488,6 @@ def freeze_modules(model, cfg: TrainConfig) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ loop
-class _RowFields:
-    """metrics.jsonl as TrainLog writes it (one `write` per row), with fixed fields added to
-    every row: the attention kernel this run uses (ain.train.attention)."""
-
-    def __init__(self, f, fields: dict) -> None:
-        self.f, self.fields = f, dict(fields)
-
-    def write(self, text: str) -> int:
-        row = json.loads(text)
-        row.update(self.fields)
-        return self.f.write(json.dumps(row) + "\n")
-
-    def __getattr__(self, name: str):  # flush, close, ...
-        return getattr(self.f, name)
-
-
-def add_row_fields(train_log, fields: dict) -> None:
-    """Every metrics.jsonl row `train_log` writes from now on carries `fields` (rank 0 writes
-    the file; other ranks have none)."""
-    if getattr(train_log, "_metrics", None) is not None:
-        train_log._metrics = _RowFields(train_log._metrics, fields)
-
-
 def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max_steps: int | None = None,
           stop_flag: Callable[[], bool] | None = None, log_dir: Path | None = None) -> dict:
     """Train (or resume from out_dir/latest) until max_steps, the end of cfg.epochs, or
@@ -602,10 +579,10 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
 
     encoder = Encoder(processor, model.config, cfg)
     text_config = getattr(model.config, "text_config", model.config)
-    n_text, n_vision = count_parameters(model)
+    n_text, n_vision, n_frozen_vision = count_parameters(model)
     train_log = TrainLog(Path(log_dir or out_dir), rank, resumed_from, world_size=world,
-                         peak_flops=cfg.peak_tflops_per_gpu * 1e12, log_every=cfg.log_every_steps)
-    add_row_fields(train_log, attention.record())
+                         peak_flops=cfg.peak_tflops_per_gpu * 1e12, log_every=cfg.log_every_steps,
+                         fields=attention.record())
 
     def make_packer(epoch: int, state: Optional[dict]) -> tuple[StreamPacker, Any]:
         tracker = StateTracker(cfg.num_workers, epoch=epoch, state=state["tracker"] if state else None)
@@ -669,7 +646,7 @@ def train(cfg: TrainConfig, manifest_dir: Path, out_dir: Path, *, seed: int, max
             step_tokens += int(batch["input_ids"].shape[1])
             patches = int(batch["pixel_values"].shape[0]) if "pixel_values" in batch else 0
             step_flops += row_flops(n_text, n_vision, text_config.num_hidden_layers, text_config.hidden_size,
-                                    [e.payload[0].length for e in entries], patches)
+                                    [e.payload[0].length for e in entries], patches, n_frozen_vision)
             step_ids.extend(e.sid for e in entries)
             counters["samples_seen"] += len(entries)
             counters["rows"] += 1

@@ -18,12 +18,16 @@ of one packed row (forward + backward = 3 x forward, multiply-add = 2 FLOPs):
 
     6 * N_text * T                       dense layers of the language model, T tokens in the row
   + 6 * N_vision * P                     vision tower, P = image patches in the row (pixel_values rows)
+  + 2 * N_frozen * P                     ... its frozen parameters: forward only (nothing before them
+                                         needs a gradient, so backward stops there: the recipe's
+                                         frozen tower and projector cost a third of a trained one)
   + 6 * L * d * sum_i s_i^2              attention scores and values of the language model, per
                                          packed sample i of s_i tokens (attention stays within a
                                          sample; causal masking halves the 12 L d s^2 of full attention)
 
 N_text counts the language model's parameters without the input embedding (a lookup, not a
-matmul) and with the LM head; N_vision the vision tower's (its own attention over patches is small
+matmul) and with the LM head; N_vision the vision tower's trainable ones and N_frozen its frozen
+ones (the tower's own attention over patches is small
 against 6 * N_vision * P at 512x512 images and is left out). Recomputation from gradient
 checkpointing is not counted: this is MFU, not hardware FLOPs utilisation.
 """
@@ -41,25 +45,29 @@ from typing import Any, Optional, Sequence
 log = logging.getLogger(__name__)
 
 
-def count_parameters(model) -> tuple[int, int]:
-    """(N_text, N_vision) of a Qwen2-VL model as the MFU formula uses them."""
-    n_vision = n_embed = n_all = 0
+def count_parameters(model) -> tuple[int, int, int]:
+    """(N_text, N_vision, N_frozen) of a Qwen2-VL model as the MFU formula uses them: the vision
+    tower's (and projector's, `visual.merger`) trainable and frozen parameters apart."""
+    n_vision = n_frozen = n_embed = n_all = 0
     for name, p in model.named_parameters():
         n = p.numel() if p.numel() > 0 else int(getattr(p, "ds_numel", 0))  # ZeRO-3 partitions params
         n_all += n
         if ".visual." in f".{name}":
-            n_vision += n
+            if p.requires_grad:
+                n_vision += n
+            else:
+                n_frozen += n
         elif name.endswith("embed_tokens.weight"):
             n_embed += n
-    return n_all - n_vision - n_embed, n_vision
+    return n_all - n_vision - n_frozen - n_embed, n_vision, n_frozen
 
 
 def row_flops(n_text: int, n_vision: int, layers: int, hidden: int, sample_lengths: Sequence[int],
-              patches: int) -> float:
+              patches: int, n_frozen_vision: int = 0) -> float:
     """Model FLOPs (forward + backward) of one packed row; see the module docstring."""
     tokens = sum(sample_lengths)
     attention = 6.0 * layers * hidden * sum(s * s for s in sample_lengths)
-    return 6.0 * n_text * tokens + 6.0 * n_vision * patches + attention
+    return 6.0 * n_text * tokens + (6.0 * n_vision + 2.0 * n_frozen_vision) * patches + attention
 
 
 def memory_gb() -> float:
@@ -96,8 +104,10 @@ class TrainLog:
     """Per-step records of one rank (see the module docstring)."""
 
     def __init__(self, log_dir: Path, rank: int, resumed_step: int, *, world_size: int, peak_flops: float,
-                 log_every: int = 10, tensorboard: bool = True) -> None:
+                 log_every: int = 10, tensorboard: bool = True, fields: Optional[dict[str, Any]] = None) -> None:
+        """`fields`: added to every metrics row (facts of the whole run, e.g. the attention kernel)."""
         self.log_dir = Path(log_dir)
+        self.fields = dict(fields or {})
         self.rank = rank
         self.world_size = world_size
         self.peak_flops = peak_flops
@@ -137,7 +147,7 @@ class TrainLog:
                # 4 significant digits, not 6 decimals: a small model's MFU (1e-7) must not read 0
                "mfu": float(f"{flops / seconds / self.peak_flops:.4g}") if self.peak_flops > 0 else None,
                "mem_gb": round(memory_gb(), 3), "seconds": round(seconds, 3), "time": round(now, 3),
-               "total_steps": total_steps}
+               "total_steps": total_steps, **self.fields}
         if self._metrics is not None:
             self._metrics.write(json.dumps(row) + "\n")
             self._metrics.flush()

@@ -305,9 +305,11 @@ def _published_ain(root: Path, variants: list[str]) -> dict[str, float]:
     for name in variants:
         evaluation = _read(root / name / "report" / "eval.json")
         if evaluation:
+            tables = evaluation.get("published", {})
             return {_score_key(family, column): value
-                    for family, table in evaluation.get("published", {}).items()
-                    for column, value in zip(table.get("columns", []), table.get("rows", {}).get("AIN-7B") or [])}
+                    for family in ("camel_bench", "arabic_mmlu", "english") if family in tables
+                    for column, value in zip(tables[family].get("columns", []),
+                                             tables[family].get("rows", {}).get("AIN-7B") or [])}
     return {}
 
 
@@ -325,7 +327,9 @@ def write_sweep_report(root: Path) -> dict[str, Any]:
     rows = {n: variant_results(RunDir(Path(root) / n)) for n in names}
     base = rows[record["baseline"]]
     published = _published_ain(Path(root), names)
-    columns = sorted({k for r in rows.values() for k in r["scores"]}, key=lambda k: (not k.startswith("CAMEL"), k))
+    measured = {k for r in rows.values() for k in r["scores"]}
+    order = list(published)  # the paper's column order: CAMEL-Bench domains, total, ArabicMMLU, English
+    columns = [k for k in order if k in measured] + sorted(measured - set(order))
     lines = [f"# Sweep {record['name']}", "", record.get("description", ""), "",
              f"Baseline: **{record['baseline']}**. Deltas (Δ) are against it; `-`: not measured (yet).", "",
              "## Data and training", "",

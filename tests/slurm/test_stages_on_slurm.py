@@ -128,3 +128,16 @@ def test_usr2_mid_slice_requeues_and_resumes_without_repeating(slurm_run):
     marker = run.stage("canary").read_marker(0)
     assert marker["restarts"] == 1 and 4 <= marker["resumed_from"] < 16
     assert len([e for e in run.events() if e["kind"] == "submit"]) == 1  # requeued, not resubmitted
+
+
+def test_a_task_runs_on_the_cores_it_asked_for(slurm_run):
+    """submitit's srun line carries --cpus-per-task (Slurm >= 22.05 does not pass the job's on to
+    srun): a task of cpus_per_task=2 may run on 2 cores. The test cluster binds tasks to their
+    step's CPUs (task/affinity, tests/cluster/slurm.conf.in), so without it the task would see 1;
+    the cpus_per_task=1 run shows that the binding is on (unbound, a task sees the whole host)."""
+    for cpus in (2, 1):
+        r = slurm_run("recipe=canary", f"name=cores{cpus}", "canary.num_tasks=2", "canary.items_per_task=1",
+                      f"canary.resources.cpus_per_task={cpus}")
+        run, _ = r.launch()
+        r.wait(run)
+        assert [m["cores"] for m in markers(run, "canary")] == [cpus, cpus], markers(run, "canary")

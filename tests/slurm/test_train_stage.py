@@ -3,9 +3,9 @@ the tiny Qwen2-VL on the smoke shards with DeepSpeed ZeRO-3, after the whole cur
 
 The chain runs once (module fixture, with training in the same launch: the uninterrupted
 reference). The other tests copy its curated stages into fresh run directories, so a launch
-there submits only `train`: preempted by USR2 and requeued through Slurm, and the plain-sbatch
-(srun + torchrun) path. Both must see exactly the reference's sample sequence on every rank and
-the same loss per step (tolerance 1e-4: same data, same seeds, fp32 on CPU; gloo's all-reduce
+there submits only `train`: preempted by USR2 and requeued through Slurm, preempted by a job of
+a higher-priority partition, killed mid-step, and the plain-sbatch (srun + torchrun) path. All
+must see exactly the reference's sample sequence on every rank and the same loss per step (tolerance 1e-4: same data, same seeds, fp32 on CPU; gloo's all-reduce
 order is fixed for two ranks).
 """
 
@@ -15,11 +15,13 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from ain.rundir import RunDir
+from ain.slurm.scheduler import ACTIVE_STATES
 from tests.slurm.conftest import SlurmRun, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +96,69 @@ def test_usr2_preemption_requeues_and_resumes_exactly(reference, tmp_path, monke
     ids0, ids1, losses = _trace(run)
     ref0, ref1, ref_losses = _trace(ref)
     assert ids0 == ref0 and ids1 == ref1  # every rank saw exactly the reference's samples, in order
+    assert len(losses) == len(ref_losses)
+    assert max(abs(a - b) for a, b in zip(losses, ref_losses)) <= TOLERANCE, (losses, ref_losses)
+
+
+def _job_fields(job: str) -> dict[str, str]:
+    """`scontrol show job` as a dict (empty once the controller has purged the job)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+    return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+
+
+@pytest.mark.parametrize("partition", ["debug", "low"])
+def test_partition_preemption_requeues_and_resumes_exactly(reference, tmp_path, monkeypatch, partition):
+    """Real preemption, not a signal sent by hand: while training runs, a job in partition `high`
+    (PriorityTier=10; tests/cluster/slurm.conf.in) asks for both nodes whole, and Slurm picks the
+    training job as its victim. It sends the job's --signal (USR2; preempt_send_user_signal) and
+    requeues the job itself when the partition's GraceTime is over.
+    debug (GraceTime=10): the ranks save at the next step boundary (well under a second here) and
+    rank 0 requeues the job before the grace time is over. low (GraceTime=0): Slurm requeues the
+    job at once (USR2 and SIGTERM, SIGKILL after KillWait); the ranks still save, and rank 0's
+    `scontrol requeue` finds the job requeued already, which must not count as a failure.
+    Either way the job is requeued once, the high job runs on the freed nodes, and training
+    starts again after it, resumes from the checkpoint and ends exactly as the reference."""
+    root, ref = reference
+    monkeypatch.chdir(ROOT)
+    r = _copy_curated(tmp_path, ref, "partition_preempted")
+    run, report = r.launch(f"cluster.partition={partition}")
+    assert [sl.stage for sl in report if sl.submitted] == ["train"]
+    (element,) = report[-1].elements
+    metrics = run.stage("train").out / "metrics.jsonl"
+    wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, 300, "two training steps")
+    stamps = tmp_path / "high"
+    stamps.mkdir()
+    high = subprocess.run(
+        ["sbatch", "--parsable", "-p", "high", "-N2", "--exclusive", "-J", "preemptor", "-o", str(stamps / "out"),
+         "--wrap", f"date +%s.%N > {stamps}/start; sleep 5; date +%s.%N > {stamps}/end"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    seen: list[tuple[float, str, str]] = []  # (time, training state, high job state) on each change
+
+    def watch() -> bool:  # also records the states on the way, for the assertion messages
+        state = (_job_fields(element).get("JobState", "?"), _job_fields(high).get("JobState", "?"))
+        if not seen or seen[-1][1:] != state:
+            seen.append((round(time.time(), 1), *state))
+        return run.stage("train").read_marker(0) is not None and state[0] not in ACTIVE_STATES
+
+    wait_until(watch, 900, f"training ({element}) to finish after the preemption by {high}", poll_s=0.5)
+    marker = run.stage("train").read_marker(0)
+    logs = "".join(p.read_text(errors="ignore") for p in sorted(run.stage("train").logs.glob("*_log.*")))
+    assert marker is not None, (seen, logs[-3000:])
+    # the scheduler preempted it: the high job ran while training was off both nodes, training
+    # went on after it from where it had saved
+    assert (stamps / "end").exists(), (seen, (stamps / "out").read_text() if (stamps / "out").exists() else "")
+    start, end = float((stamps / "start").read_text()), float((stamps / "end").read_text())
+    rows = _jsonl(metrics)
+    resumed = marker["resumed_from_step"]
+    assert marker["restarts"] == 1, (marker, seen)  # requeued once, by the ranks or by Slurm (0: preempted too late)
+    assert 2 <= resumed < marker["steps"], (marker, seen)
+    assert rows[resumed - 1]["time"] < start < end < rows[resumed]["time"], (resumed, start, end, seen)
+    assert "requeueing job" in logs
+    assert ("was requeued by Slurm already" in logs) == (partition == "low"), logs[-3000:]
+    assert "Traceback" not in logs and not list(run.stage("train").failed.glob("*")), logs[-3000:]
+    ids0, ids1, losses = _trace(run)
+    ref0, ref1, ref_losses = _trace(ref)
+    assert ids0 == ref0 and ids1 == ref1
     assert len(losses) == len(ref_losses)
     assert max(abs(a - b) for a, b in zip(losses, ref_losses)) <= TOLERANCE, (losses, ref_losses)
 

@@ -291,9 +291,9 @@ class Launcher:
                             if st.name in self.after_siblings else [])
                 for upstream, indices in st.upstream_groups(missing).items():
                     dependency = (waits_on.get(upstream, []) if upstream else []) + siblings
-                    job_id, elements = self._submit_slurm(st, indices, dependency)
+                    job_id, new_elements = self._submit_slurm(st, indices, dependency)
                     sl.job_ids.append(job_id)
-                    sl.elements += elements
+                    sl.elements += new_elements
                     sl.dependency += [d for d in dependency if d not in sl.dependency]
                 sl.job_id = sl.job_ids[0]
                 sl.submitted = missing

@@ -19,12 +19,14 @@ from ain.eval.config import EvalConfig, EvalReportConfig
 from ain.slurm.canary import CanaryConfig
 from ain.stages import StageSpec
 from ain.train.config import ExportConfig, TrainConfig
+from ain.train.gpu_check import GpuCheckConfig
 from ain.vdr.config import VdrEvalConfig, VdrPrepareConfig, VdrReportConfig, VdrTrainConfig
 
 CURATED = ("ingest", "translate", "verify", "safety", "mix", "pack")
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("canary", "ain.slurm.canary:run_canary_task", CanaryConfig),
+    StageSpec("gpu_check", "ain.train.gpu_check:run_gpu_check_task", GpuCheckConfig, multi_node=True),
     StageSpec("ingest", "ain.data.ingest:run_ingest_task", IngestConfig),
     StageSpec("translate", "ain.curate.translate:run_translate_task", TranslateConfig,
               judges=TranslateConfig.judges, reads=("ingest",)),

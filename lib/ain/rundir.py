@@ -9,6 +9,10 @@ reconstruct the state of a run from it alone.
     runs/<name>/stages/<stage>/done/<i>.json    completion marker: counts, checksums, seconds
     runs/<name>/stages/<stage>/failed/<i>.json  failure record: traceback, host, job id
     runs/<name>/stages/<stage>/logs/            Slurm stdout/stderr (%A_%a) and submitit pickles
+    runs/<name>/stages/<stage>/fingerprint.json what its outputs were computed from (ain.fingerprint)
+    runs/<name>/stale/<launch>/<stage>/         a stage moved aside when its fingerprint changed
+    runs/<name>/lineage/<stage>/                per-sample index files for jobs/trace.py (ain.lineage)
+    runs/<name>/report/                         curation and eval reports, review/ site
 
 The whole tree is mode 0700: submitit pickles are code, and outputs may be licensed data.
 """

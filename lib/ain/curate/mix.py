@@ -14,6 +14,17 @@ translations, the translated Arabic samples that passed the gate. In order:
   6. a shuffle with `seed`.
 Every drop is counted with its reason; `mix_report.json` puts the realised proportions next to
 the targets, and a warning names each target that the data cannot meet.
+
+Per sample, `decisions-<i>.jsonl` (candidate order: ingest, then translated) records what
+happened to it, for `jobs/trace.py` and the review site:
+
+    {"id", "kept": bool, "reason": null | "unsafe_image" | "unsafe_text" | "unjudged" | "duplicate"
+     | "authentic_arabic_share" | "arabic_share" | "domain_cap", "category": LlavaGuard code of an
+     unsafe drop, "duplicate_of": the id of the earlier sample it duplicates, "position": its row in
+     mixed-<i>.jsonl when kept}
+
+A kept sample's reason is null, or "unjudged" when `safety.unjudged_policy=keep` kept it. Recording
+the decisions draws nothing from the random generator: the mix is the same with or without them.
 """
 
 from __future__ import annotations
@@ -78,11 +89,25 @@ def apply_share(group_a: list[dict], group_b: list[dict], target: float | None, 
     return group_a, group_b
 
 
+def decision(sample_id: str, kept: bool, reason: str | None = None, category: str | None = None,
+             duplicate_of: str | None = None) -> dict[str, Any]:
+    """One row of decisions-<i>.jsonl (position is filled in after the shuffle)."""
+    return {"id": sample_id, "kept": kept, "reason": reason, "category": category, "duplicate_of": duplicate_of,
+            "position": None}
+
+
+def dropped_between(before: list[dict], after: list[dict]) -> list[dict]:
+    """The samples of `before` that are not in `after` (ids are unique among candidates)."""
+    kept = {s["id"] for s in after}
+    return [s for s in before if s["id"] not in kept]
+
+
 def run_mix_task(ctx: TaskContext) -> dict[str, Any]:
     cfg, mcfg = ctx.cfg, ctx.cfg.mix
     rng = random.Random(cfg.seed)
     counts: Counter = Counter()
     warnings: list[str] = []
+    decisions: dict[str, dict[str, Any]] = {}  # id -> its decision row, in candidate order
 
     candidates = list(stage_rows(ctx.run, "ingest", "samples-*.jsonl", cfg.ingest.num_tasks))
     counts["in_ingest"] = len(candidates)
@@ -90,6 +115,8 @@ def run_mix_task(ctx: TaskContext) -> dict[str, Any]:
         translated = list(stage_rows(ctx.run, "verify", "passed-*.jsonl", cfg.verify.num_tasks))
         counts["in_translated"] = len(translated)
         candidates += translated
+    for s in candidates:
+        decisions[s["id"]] = decision(s["id"], True)
 
     if "safety" in cfg.stages:
         from ain.curate.safety import load_verdicts, sample_safety  # noqa: PLC0415 (only with safety)
@@ -102,33 +129,42 @@ def run_mix_task(ctx: TaskContext) -> dict[str, Any]:
                 kept.append(s)
                 if reason:  # kept under unjudged_policy=keep: still counted
                     counts[f"kept_{reason}"] += 1
+                    decisions[s["id"]]["reason"] = reason
             else:
                 counts[f"dropped_{reason}"] += 1
+                decisions[s["id"]] = decision(s["id"], False, reason, category)
                 if category:
                     counts[f"dropped_category_{category}"] += 1
         candidates = kept
 
     if mcfg.dedup:
-        seen: set[str] = set()
+        seen: dict[str, str] = {}  # content key -> id of the first sample with it (the one kept)
         unique = []
         for s in candidates:
             key = content_key(s)
             if key in seen:
                 counts["dropped_duplicate"] += 1
+                decisions[s["id"]] = decision(s["id"], False, "duplicate", duplicate_of=seen[key])
             else:
-                seen.add(key)
+                seen[key] = s["id"]
                 unique.append(s)
         candidates = unique
 
     english = [s for s in candidates if s["language"] != "ar"]
     authentic = [s for s in candidates if s["language"] == "ar" and s.get("authentic", True)]
     translated_ar = [s for s in candidates if s["language"] == "ar" and not s.get("authentic", True)]
+    before = authentic + translated_ar
     authentic, translated_ar = apply_share(authentic, translated_ar, mcfg.authentic_arabic_share,
                                            "authentic_arabic_share", ("authentic", "translated Arabic"), rng, counts,
                                            warnings)
+    for s in dropped_between(before, authentic + translated_ar):
+        decisions[s["id"]] = decision(s["id"], False, "authentic_arabic_share")
+    before = authentic + translated_ar + english
     arabic, english = apply_share(authentic + translated_ar, english, mcfg.arabic_share, "arabic_share",
                                   ("Arabic", "other"), rng, counts, warnings)
     mixed = english + arabic
+    for s in dropped_between(before, mixed):
+        decisions[s["id"]] = decision(s["id"], False, "arabic_share")
     for domain, cap in sorted(mcfg.domain_caps.items()):
         in_domain = [s for s in mixed if s["domain"] == domain]
         if not in_domain:
@@ -138,12 +174,18 @@ def run_mix_task(ctx: TaskContext) -> dict[str, Any]:
         drop_ids = {s["id"] for s in dropped}
         mixed = [s for s in mixed if s["id"] not in drop_ids]
         counts["dropped_domain_cap"] += len(dropped)
+        for sample_id in drop_ids:
+            decisions[sample_id] = decision(sample_id, False, "domain_cap")
     rng.shuffle(mixed)
+    for position, s in enumerate(mixed):
+        decisions[s["id"]]["position"] = position
 
-    out = ctx.resumable_outputs(mixed=f"mixed-{ctx.index:05d}.jsonl")
+    out = ctx.resumable_outputs(mixed=f"mixed-{ctx.index:05d}.jsonl", decisions=f"decisions-{ctx.index:05d}.jsonl")
     try:
         for s in mixed:
             out.write("mixed", s)
+        for row in decisions.values():
+            out.write("decisions", row)
         out.commit(len(mixed))
         files = out.finish()
     finally:

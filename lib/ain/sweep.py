@@ -319,6 +319,34 @@ def _fmt(x: Any, digits: int = 2) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+def plot_scores(path: Path, variants: list[str], rows: dict[str, Any], columns: list[str],
+                published: dict[str, float]) -> None:
+    """One group of bars per score (MME's 0-2000 scale left out), one bar per variant, and the
+    published AIN-7B row as a marker."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    columns = [c for c in columns if not c.startswith("mme")]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(columns) * max(1, len(variants)) / 2), 4))
+    width = 0.8 / max(1, len(variants))
+    for k, name in enumerate(variants):
+        values = [rows[name]["scores"].get(c) for c in columns]
+        ax.bar([i + k * width for i in range(len(columns))], [v or 0 for v in values], width, label=name)
+    marks = [(i + 0.4 - width / 2, published[c]) for i, c in enumerate(columns) if published.get(c) is not None]
+    if marks:
+        ax.scatter(*zip(*marks), marker="_", s=400, color="black", label="AIN-7B (published)")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(columns))])
+    ax.set_xticklabels(columns, rotation=30, ha="right")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def write_sweep_report(root: Path) -> dict[str, Any]:
     """`<sweep>/report/sweep.md` and `sweep_results.json`: per variant the data funnel, the final
     loss and every score, with deltas against the baseline and the published AIN-7B row."""
@@ -356,6 +384,9 @@ def write_sweep_report(root: Path) -> dict[str, Any]:
     result = {"sweep": record["name"], "baseline": record["baseline"], "variants": rows, "published": published,
               "shared": shared, "report": str(Path(root) / "report" / "sweep.md")}
     report = private_mkdir(Path(root) / "report")
+    if columns:
+        plot_scores(report / "sweep_scores.png", [v["name"] for v in record["variants"]], rows, columns, published)
+        lines[lines.index("## Scores") + 1:lines.index("## Scores") + 1] = ["", "![scores](sweep_scores.png)"]
     atomic_write_json(report / "sweep_results.json", result)
     atomic_write_text(report / "sweep.md", "\n".join(lines) + "\n")
     return result

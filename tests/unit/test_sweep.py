@@ -78,6 +78,19 @@ def test_three_variant_sweep_runs_shared_stages_once(tmp_path, monkeypatch):
     assert all(f"| {v.name} |" in table for v in plan.variants)
     assert all(result["variants"][v.name]["samples"] for v in plan.variants)
     assert read_sweep(tmp_path / "share")["baseline"] == base.name
+    # with eval reports (written here in eval_report's format): scores, deltas, the published row, a plot
+    published = {"camel_bench": {"columns": ["VQA", "Total"], "rows": {"AIN-7B": [56.78, 63.77]}}}
+    for score, v in zip((40.0, 30.0, 45.5), plan.variants):
+        evaluation = {"camel_bench": {"domains": {"VQA": {"score": score}}, "total": score}, "arabic_mmlu": None,
+                      "english": {}, "published": published}
+        (runs[v.name].root / "report").mkdir(exist_ok=True)
+        (runs[v.name].root / "report" / "eval.json").write_text(json.dumps(evaluation))
+    write_sweep_report(tmp_path / "share")
+    table = (tmp_path / "share" / "report" / "sweep.md").read_text()
+    assert "| Variant | CAMEL VQA | CAMEL total |" in table
+    assert f"| {others[0].name} | 30.00 (Δ -10.00) | 30.00 (Δ -10.00) |" in table
+    assert "| AIN-7B (published) | 56.78 | 63.77 |" in table
+    assert (tmp_path / "share" / "report" / "sweep_scores.png").stat().st_size > 1000
     # launching the sweep again submits nothing
     again = launch_sweep(plan_sweep([*CHAIN, f"runs_root={tmp_path}", "name=share",
                                      "sweep.mix.authentic_arabic_share=0.2,0.35,0.5"]), argv=["test"])

@@ -162,30 +162,37 @@ class AppendOnlyCache:
         for line in self._f:
             if not line.endswith(b"\n"):
                 break  # torn write: cut it off below
-            self._add(line)
+            entry = self._parse(line, self.path)
+            if entry is not None:
+                self._entries[entry["key"]] = entry
             good_end += len(line)
         self._f.truncate(good_end)
         self._f.seek(good_end)
 
-    def _add(self, line: bytes) -> Optional[str]:
+    @staticmethod
+    def _parse(line: bytes, source: Path) -> Optional[dict]:
         try:
             entry = json.loads(line)
-            self._entries[entry["key"]] = entry
-            return entry["key"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("%s: skipping an unreadable cache line", self.path)
-            return None
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict) and "key" in entry:
+            return entry
+        log.warning("%s: skipping an unreadable cache line", source)
+        return None
 
     def preload(self, paths: Iterable[Path]) -> int:
-        """Entries of other caches (complete lines only, never written to). Returns how many."""
+        """Entries of other caches (complete lines only, never written to) that this one lacks:
+        its own entries win. Returns how many were added."""
         n = 0
-        for path in paths:
-            if Path(path).resolve() == self.path.resolve() or not Path(path).is_file():
+        for path in map(Path, paths):
+            if path.resolve() == self.path.resolve() or not path.is_file():
                 continue
             with open(path, "rb") as f:
                 for line in f:
-                    if line.endswith(b"\n") and (key := self._add(line)) is not None and key not in self._preloaded:
-                        self._preloaded.add(key)
+                    entry = self._parse(line, path) if line.endswith(b"\n") else None
+                    if entry is not None and entry["key"] not in self._entries:
+                        self._entries[entry["key"]] = entry
+                        self._preloaded.add(entry["key"])
                         n += 1
         return n
 

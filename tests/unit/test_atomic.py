@@ -86,3 +86,19 @@ def test_publish_dir_replaces_whole_directories_and_keeps_the_old_one_on_failure
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no leftovers
     with pytest.raises(FileNotFoundError, match="nothing was built"), publish_dir(final):
         pass
+
+
+def test_append_only_cache_preloads_what_it_lacks_and_counts_reuse(tmp_path):
+    from ain.atomic import AppendOnlyCache
+
+    sibling = tmp_path / "sibling.jsonl"
+    with AppendOnlyCache(sibling) as other:
+        other.put_entry({"key": "a", "v": "theirs"})
+        other.put_entry({"key": "b", "v": "theirs"})
+    sibling.open("a").write('not json\n{"key": "c"')  # a bad line and a torn one: skipped
+    with AppendOnlyCache(tmp_path / "own.jsonl") as cache:
+        cache.put_entry({"key": "a", "v": "ours"})
+        assert cache.preload([sibling, tmp_path / "missing.jsonl"]) == 1    # only b: a is ours already
+        assert cache.get("a")["v"] == "ours" and cache.reused == 0
+        assert cache.get("b")["v"] == "theirs" and cache.reused == 1
+        assert cache.get("c") is None and (cache.written, len(cache)) == (1, 2)

@@ -100,7 +100,8 @@ def stage_fingerprints(cfg: "RunConfig") -> dict[str, Fingerprint]:
     out: dict[str, Fingerprint] = {}
     for name in cfg.stages:
         section = getattr(cfg, name)
-        config = {"seed": cfg.seed, **effective_fields(section)}
+        own = effective_fields(section)
+        config = {"seed": cfg.seed, **own}
         extra = getattr(section, "fingerprint_extra", None)
         if extra is not None:
             config.update(extra(cfg))
@@ -108,22 +109,25 @@ def stage_fingerprints(cfg: "RunConfig") -> dict[str, Fingerprint]:
         inputs = [file_identity(p) for p in inputs_of(cfg)] if inputs_of is not None else []
         upstream = {u: out[u].digest for u in cfg.spec(name).reads if u in out}
         digest = _digest({"stage": name, "config": config, "upstream": upstream, "inputs": inputs})
-        decision_only = set(effective_fields(section)) - set(effective_fields(section, decisions=False))
+        decision_only = set(own) - set(effective_fields(section, decisions=False))
         undecided = {k: v for k, v in config.items() if k not in decision_only}
         reuse_key = _digest({"stage": name, "config": undecided, "upstream": upstream, "inputs": inputs})
         out[name] = Fingerprint(name, digest, config, upstream, inputs, reuse_key)
     return out
 
 
-def stage_dirs_under(runs_root: Path, stage: str) -> Iterator[Path]:
-    """This stage's directory in every run under runs_root (runs/<run>/ and a sweep's
-    runs/<sweep>/<variant>/), each once (a sweep's linked directories are followed)."""
+def records_under(runs_root: Path, stage: str) -> Iterator[tuple[StagePaths, dict[str, Any]]]:
+    """This stage in every run under runs_root (runs/<run>/ and a sweep's runs/<sweep>/<variant>/)
+    that has a recorded fingerprint, with that record; each directory once (a sweep's linked
+    stage directories are followed to the one they share)."""
     seen: set[Path] = set()
     for pattern in (f"*/stages/{stage}", f"*/*/stages/{stage}"):
         for d in sorted(Path(runs_root).glob(pattern)):
-            if d.is_dir() and d.resolve() not in seen:
-                seen.add(d.resolve())
-                yield d
+            real = d.resolve()
+            if real in seen or not (real / FINGERPRINT_FILE).is_file():
+                continue
+            seen.add(real)
+            yield StagePaths(real), read_json(real / FINGERPRINT_FILE)
 
 
 def reusable_siblings(run: RunDir, stage: str) -> list[StagePaths]:
@@ -134,15 +138,8 @@ def reusable_siblings(run: RunDir, stage: str) -> list[StagePaths]:
     if not own or not own.get("reuse_key"):
         return []
     mine = run.stage(stage).root.resolve()
-    out = []
-    for d in stage_dirs_under(run.root.parent, stage):
-        record = d / FINGERPRINT_FILE
-        if d.resolve() == mine or not record.is_file():
-            continue
-        other = read_json(record)
-        if other.get("reuse_key") == own["reuse_key"] and other.get("digest") != own["digest"]:
-            out.append(StagePaths(d.resolve()))
-    return out
+    return [paths for paths, other in records_under(run.root.parent, stage)
+            if paths.root != mine and other.get("reuse_key") == own["reuse_key"] and other.get("digest") != own["digest"]]
 
 
 @dataclass(frozen=True)

@@ -167,8 +167,13 @@ class Hit:
     key: str
 
 
+def _key_digest(key: str) -> bytes:
+    """The 8 bytes an index stores per key (written and looked up the same way: one definition)."""
+    return hashlib.blake2b(key.encode(), digest_size=8).digest()
+
+
 def _hash(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    return int.from_bytes(_key_digest(key), "little")
 
 
 def _as_run(run: RunDir | Path | str) -> RunDir:
@@ -351,9 +356,8 @@ def iter_keys(kind: Kind, path: Path, limit: int) -> Iterator[tuple[int, str]]:
 
 def _file_entries(kind: Kind, path: Path, limit: int, base: int, hashes: bytearray, locs: array) -> None:
     """Append (key hash, base | line offset) of every key of one file."""
-    blake2b = hashlib.blake2b
     for offset, key in iter_keys(kind, path, limit):
-        hashes.extend(blake2b(key.encode(), digest_size=8).digest())
+        hashes.extend(_key_digest(key))
         locs.append(base | offset)
 
 
@@ -419,7 +423,7 @@ def _pack_entries(run: RunDir, files, ident, deps, dep_ident, hashes: bytearray,
                                "at its position: the pack stage does not match the current mix (re-run pack)")
         base = number << OFFSET_BITS | offset
         for key in ids[start:stop]:
-            hashes += hashlib.blake2b(key.encode(), digest_size=8).digest()
+            hashes += _key_digest(key)
             locs.append(base)
 
 

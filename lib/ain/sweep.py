@@ -34,6 +34,7 @@ from ain.fingerprint import Fingerprint, stage_fingerprints
 from ain.rundir import RunDir, private_mkdir
 from ain.slurm.cost import stage_costs
 from ain.slurm.launcher import Launcher, StageLaunch
+from ain.slurm.status import collect
 
 SWEEPS_DIR = PROJECT_ROOT / "configs" / "sweep"
 SWEEP_FILE = "sweep.json"
@@ -104,10 +105,11 @@ class SweepPlan:
 
 def _value_text(value: Any) -> str:
     """A value as an OmegaConf dotlist override's right-hand side."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value) if isinstance(value, (list, dict)) else str(value).lower() if isinstance(value, bool) \
-        else str(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return str(value).lower()  # YAML's true/false
+    return str(value)
 
 
 def _short(key: str, value: Any) -> str:
@@ -395,8 +397,6 @@ def write_sweep_report(root: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ status
 def sweep_status(root: Path, use_queue: bool = True) -> dict[str, dict[str, dict[str, Any]]]:
     """variant -> stage -> {state, done, num_tasks, owner}: a shared stage shows its owner's state."""
-    from ain.slurm.status import collect  # noqa: PLC0415 (squeue and markers, only for status)
-
     record = read_sweep(root)
     per_run = {v["name"]: {s.name: s for s in collect(RunDir(Path(root) / v["name"]), use_queue=use_queue)}
                for v in record["variants"]}

@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ain.atomic import read_json
-from ain.fingerprint import FINGERPRINT_FILE, stage_dirs_under, stage_fingerprints
-from ain.rundir import StagePaths
+from ain.fingerprint import Fingerprint, records_under, stage_fingerprints
 from ain.stages import load_hook, plan
 
 if TYPE_CHECKING:
@@ -52,22 +50,25 @@ class StageCost:
 def measured(runs_root: Path, stage: str, digest: str) -> Optional[tuple[float, int, int, str]]:
     """(mean task-seconds, tasks measured, items, where) over finished tasks of this stage with
     this fingerprint, or None."""
-    for d in stage_dirs_under(runs_root, stage):
-        record = d / FINGERPRINT_FILE
-        if not record.is_file() or read_json(record).get("digest") != digest:
+    for paths, record in records_under(runs_root, stage):
+        if record.get("digest") != digest:
             continue
-        paths = StagePaths(d.resolve())
         markers = [m for i in sorted(paths.done_indices()) if (m := paths.read_marker(i)) and m.get("seconds")]
         markers = [m for m in markers if m.get("fingerprint") in (digest, None)]
         if markers:
             seconds = sum(float(m["seconds"]) for m in markers) / len(markers)
             items = sum(int(m.get("items", 0) or 0) for m in markers)
-            return seconds, len(markers), items, str(d.parent.parent)
+            return seconds, len(markers), items, str(paths.root.parent.parent)
     return None
 
 
-def stage_costs(cfg: "RunConfig", run_root: Path) -> list[StageCost]:
-    prints = stage_fingerprints(cfg)
+def stage_costs(cfg: "RunConfig", run_root: Path, prints: Optional[dict[str, Fingerprint]] = None,
+                estimates: Optional[dict[str, Any]] = None) -> list[StageCost]:
+    """Per stage of the plan. `prints` and `estimates` (stage -> its estimate hook's result), when
+    the caller has them already (the dry run), are not computed again; an estimate is only
+    computed for a stage with nothing measured."""
+    prints = prints if prints is not None else stage_fingerprints(cfg)
+    estimates = dict(estimates or {})
     runs_root = Path(cfg.runs_root)
     out: list[StageCost] = []
     for st in plan(cfg):
@@ -75,13 +76,16 @@ def stage_costs(cfg: "RunConfig", run_root: Path) -> list[StageCost]:
         gpus = r.nodes * r.gpus_per_node
         parallel = 1 if st.spec.multi_node else min(st.num_tasks, max(1, cfg.cluster.array_parallelism))
         found = measured(runs_root, st.name, prints[st.name].digest) if runs_root.is_dir() else None
-        estimate: Any = load_hook(st.spec.estimate)(cfg, run_root) if st.spec.estimate else None
         if found:
             seconds, n, items, where = found
             out.append(StageCost(st.name, st.num_tasks, gpus, seconds / 3600, parallel, "measured",
                                  f"{n} finished task(s) of the same fingerprint in {where}: {seconds / 60:.1f} min "
                                  f"per task, {items:,} items"))
-        elif estimate is not None and hasattr(estimate, "wall_hours"):
+            continue
+        if st.spec.estimate and st.name not in estimates:
+            estimates[st.name] = load_hook(st.spec.estimate)(cfg, run_root)
+        estimate = estimates.get(st.name)
+        if estimate is not None and hasattr(estimate, "wall_hours"):
             devices = getattr(estimate, "gpus", None) or max(1, gpus)  # on CPU: one device per rank
             out.append(StageCost(st.name, st.num_tasks, devices, estimate.wall_hours, parallel, "estimate",
                                  estimate.describe().splitlines()[0]))

@@ -132,7 +132,8 @@ class Launcher:
                          f"hub: {len(pins)} model(s)/dataset(s) in the cache, pinned at launch (HF_HUB_OFFLINE=1 in jobs)")
         except ConfigError as exc:  # shown here; a real launch refuses with the same message
             lines.append(f"hub: {exc}")
-        stale = fingerprint.stale_stages(self.cfg, self.run)
+        prints = fingerprint.stage_fingerprints(self.cfg)
+        stale = fingerprint.stale_stages(self.cfg, self.run, prints)
         if stale:
             lines.append("stale (outputs computed from another config or other inputs; --force moves them to "
                          "stale/ and recomputes them):")
@@ -157,10 +158,11 @@ class Launcher:
                 r = judge.server.shared_resources
                 lines.append(f"  serve:{name}: one {judge.model} server job beside {', '.join(stages)}; "
                              f"{r.cpus_per_task} cpu, {r.gpus_per_node} gpu, {r.mem_gb:g} GB, {r.time_min} min")
-        for st in plan(self.cfg):
-            if st.spec.estimate and self._chosen(st.name):
-                lines.append(load_hook(st.spec.estimate)(self.cfg, self.run.root).describe())
-        lines += describe_costs([c for c in stage_costs(self.cfg, self.run.root) if self._chosen(c.stage)])
+        estimates = {st.name: load_hook(st.spec.estimate)(self.cfg, self.run.root)
+                     for st in plan(self.cfg) if st.spec.estimate and self._chosen(st.name)}
+        lines += [e.describe() for e in estimates.values()]
+        costs = stage_costs(self.cfg, self.run.root, prints, estimates)
+        lines += describe_costs([c for c in costs if self._chosen(c.stage)])
         for st in plan(self.cfg):
             if not self._chosen(st.name):
                 continue

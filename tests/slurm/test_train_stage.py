@@ -188,6 +188,14 @@ def test_plain_sbatch_torchrun_path_matches(reference, tmp_path, monkeypatch):
     assert max(abs(a - b) for a, b in zip(losses, ref_losses)) <= TOLERANCE, (losses, ref_losses)
 
 
+def _failure_evidence(run: RunDir) -> str:
+    """The train stage's failure markers and the tail of every log, for an assertion message."""
+    stage = run.stage("train")
+    parts = [f"{p.name}: {p.read_text(errors='ignore')}" for p in sorted(stage.failed.glob("*"))]
+    parts += [f"--- {p.name}\n{p.read_text(errors='ignore')[-2500:]}" for p in sorted(stage.logs.glob("*_log.*"))]
+    return "\n".join(parts)
+
+
 def _rank_pid(job: str, rank: int) -> int | None:
     """The pid of one training rank of a Slurm job, found the way an operator would (its
     environment), not through a hook in the code under test."""
@@ -232,7 +240,7 @@ def test_a_rank_killed_mid_step_fails_the_job_fast_and_a_rerun_resumes_exactly(r
     assert [sl.stage for sl in again if sl.submitted] == ["train"]
     r.wait(run, timeout_s=600)
     marker = run.stage("train").read_marker(0)
-    assert marker is not None, sorted(p.name for p in run.stage("train").failed.glob("*"))
+    assert marker is not None, _failure_evidence(run)
     assert marker["resumed_from_step"] == int(latest.removeprefix("step"))
     ids0, ids1, losses = _trace(run)
     ref0, ref1, ref_losses = _trace(ref)

@@ -316,6 +316,12 @@ def sharegpt_rows(img: Images) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------- bad rows
+def line_starts(rows: list[dict]) -> list[int]:
+    """The byte offset of each row's line in the JSON-lines file main() writes for `rows`."""
+    lengths = [len((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8")) for r in rows]
+    return [sum(lengths[:i]) for i in range(len(rows))]
+
+
 def bad_rows(img: Images) -> tuple[bytes, list[dict]]:
     """Lines of bad_rows.jsonl and, for each bad row, its expected kind and a reason fragment."""
     good_png = img.files["images/red_square.png"]
@@ -354,7 +360,9 @@ def bad_rows(img: Images) -> tuple[bytes, list[dict]]:
         (llava("images/red_square.png", ok, language="fr"), "bad_value", "language 'fr'"),
     ]
     data = b"".join(line + b"\n" for line, _, _ in lines)
-    expected = [{"file": "bad_rows.jsonl", "row": i, "kind": kind, "reason_contains": frag}
+    # A JSON-lines row is numbered by the byte offset its line starts at (ain.data.readers).
+    starts = [sum(len(earlier) + 1 for earlier, _, _ in lines[:i]) for i in range(len(lines))]
+    expected = [{"file": "bad_rows.jsonl", "row": starts[i], "kind": kind, "reason_contains": frag}
                 for i, (_, kind, frag) in enumerate(lines) if kind]
     return data, expected
 
@@ -389,7 +397,7 @@ def write(out: Path) -> dict:
                {"path": "bad_rows.jsonl"}]
     good = {"en_llava": len(en), "ar_native": len(ar), "mixed_sharegpt": len(sg)}
     ids = ([f"en_llava-{i}" for i in range(len(en))] + [f"ar_native-{i}" for i in range(len(ar))]
-           + [f"mixed_sharegpt-{i}" for i in range(len(sg))])
+           + [f"mixed_sharegpt-{offset}" for offset in line_starts(sg)])
     languages = {"en": len(en) + sum(lang(json.dumps(r, ensure_ascii=False)) == "en" for r in sg),
                  "ar": len(ar) + sum(lang(json.dumps(r, ensure_ascii=False)) == "ar" for r in sg)}
     by_kind: dict[str, int] = {}
@@ -432,7 +440,7 @@ quarantined rows**:
 |---|---|
 {kinds}
 
-| bad_rows.jsonl line (0-based) | kind | reason contains |
+| bad_rows.jsonl row (byte offset of the line) | kind | reason contains |
 |---|---|---|
 {rows}
 

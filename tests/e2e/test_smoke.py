@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ain.rundir import RunDir
+from tests.stage_helpers import jsonl_row_starts
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = json.loads((ROOT / "tests/fixtures/smoke/expected.json").read_text())
@@ -85,7 +86,9 @@ def check_mix_pack_report(run: RunDir) -> None:
 
     mixed = rows(run.stage("mix"), "mixed-*.jsonl")
     # tests/fixtures/safety/verdicts.json makes the tiny judge flag two images and two texts:
-    unsafe = {"en_llava-9", "ar_native-1", "ar_native-12", "en_llava-35", "en_llava-11", "mixed_sharegpt-3"}
+    # (a JSON-lines row's id carries the byte offset of its line: the fourth line of mixed_sharegpt)
+    fourth = jsonl_row_starts((ROOT / "tests/fixtures/smoke/mixed_sharegpt.jsonl").read_bytes())[3]
+    unsafe = {"en_llava-9", "ar_native-1", "ar_native-12", "en_llava-35", "en_llava-11", f"mixed_sharegpt-{fourth}"}
     mixed_ids = {s["id"] for s in mixed}
     assert not mixed_ids & (unsafe | {f"{i}-ar" for i in unsafe})
     safety = [run.stage("safety").read_marker(i) for i in range(2)]

@@ -45,6 +45,7 @@ from ain.slurm.status import StageStatus, add_sources, collect, render
 from ain.slurm.task import StageTask
 from ain.stages import TaskContext
 from ain.train.config import TrainConfig
+from tests.stage_helpers import jsonl_row_starts
 
 LOG = logging.getLogger("test_hostile_inputs")
 QUESTION = {"from": "human", "value": "<image>\nWhat is this?"}
@@ -106,7 +107,8 @@ def one_row(tmp_path: Path, row: dict | bytes, files: dict[str, bytes] | None = 
 def quarantined(tmp_path: Path, row: dict | bytes, kind: str, fragment: str, files=None, **kwargs) -> dict:
     samples, quarantine = one_row(tmp_path, row, files, **kwargs)
     assert len(samples) == 2, quarantine
-    assert [q["row"] for q in quarantine] == [1], quarantine
+    second_line = jsonl_row_starts((tmp_path / "src" / "rows.jsonl").read_bytes())[1]
+    assert [q["row"] for q in quarantine] == [second_line], quarantine
     assert quarantine[0]["kind"] == kind, quarantine[0]
     assert fragment in quarantine[0]["reason"], quarantine[0]
     return quarantine[0]
@@ -211,14 +213,15 @@ def test_every_line_ending_splits_rows(tmp_path, eol):
     path.write_bytes(jsonl(ROWS, eol))
     samples, quarantine, _ = run_ingest(tmp_path / "run", path, num_tasks=2)
     assert len(samples) == 300 and quarantine == []
-    assert sorted(s["origin"]["row"] for s in samples) == list(range(300))
+    assert sorted(s["origin"]["row"] for s in samples) == jsonl_row_starts(path.read_bytes())
 
 
 def test_mixed_line_endings_keep_row_numbers(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_bytes(jsonl(ROWS[:2], b"\r") + b"\r\n" + jsonl(ROWS[2:4], b"\r\n") + jsonl(ROWS[4:5], b"\n"))
     rows = list(iter_rows(IngestSource(path=str(path))))
-    assert [r.index for r in rows] == [0, 1, 3, 4, 5]  # the blank line (CR, then CRLF) keeps its number
+    starts = jsonl_row_starts(path.read_bytes())  # the blank line (a CR, then a CRLF) is skipped
+    assert len(starts) == 5 and [r.index for r in rows] == starts
     assert [r.load()["conversations"][0]["value"] for r in rows] == [f"question {i}" for i in range(5)]
 
 
@@ -488,7 +491,8 @@ def test_over_long_line_is_quarantined_without_being_held_in_memory(tmp_path):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert rows == [(0, None), (1, "row_too_large"), (2, None)]
+    starts = jsonl_row_starts(path.read_bytes())
+    assert rows == [(starts[0], None), (starts[1], "row_too_large"), (starts[2], None)]
     assert peak < 8 << 20, peak  # a 40 MB line, read with about 2 MB
     samples, quarantine, _ = run_ingest(tmp_path / "run", path, max_row_bytes=1 << 20)
     assert len(samples) == 2 and [q["kind"] for q in quarantine] == ["row_too_large"]

@@ -63,10 +63,11 @@ class IngestConfig:
     """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
 
     sources: list[IngestSource] = field(default_factory=list)
-    """Inputs, read in this order; rows are dealt round-robin to the tasks."""
+    """Inputs, read in this order; each task reads its contiguous slice of every source."""
     num_tasks: int = 2
-    """Array size; each task reads a deterministic 1/num_tasks of every source. At most the number
-    of input rows (where it can be counted cheaply) and cluster.max_array_size."""
+    """Array size; task i reads only the i-th of num_tasks contiguous slices of every source (byte
+    ranges of JSON lines, Parquet row groups, row ranges of a dataset: ain.data.readers). At most
+    the number of input rows (where it can be counted cheaply) and cluster.max_array_size."""
     commit_every: int = 64
     """Rows between progress commits (resume granularity)."""
     max_image_bytes: int = 64 * 1024 * 1024

@@ -1,9 +1,12 @@
 """The ingest stage: every source row becomes one sample or one quarantine record.
 
-Slicing: the rows of all sources, in config order, get a global number g; task i of N takes
-the rows with g % N == i. Each task therefore reads every source but parses, checks and stores
-only its own rows: the split is deterministic, disjoint and complete for any N, and every task
-gets a share of every source (a big image-heavy source does not land on one task).
+Slicing: task i of N takes the i-th of N contiguous slices of every source and reads only that
+slice (readers.Slice: byte ranges of JSON lines, Parquet row groups, row ranges of a dataset), so
+across the array each byte is read about once. The split is deterministic, disjoint and complete
+for any N, and every task gets a share of every source (a big image-heavy source does not land on
+one task). Sample ids do not depend on N (readers: row index). A compressed JSON-lines file cannot
+be entered in the middle: each task decompresses all of it and keeps every N-th row; a JSON
+document is parsed whole by each task (both logged).
 
 Outputs of task i, in stages/ingest/out/:
 
@@ -36,20 +39,21 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ain.data.config import IngestLimits, IngestSource
 from ain.data.images import ImageRules, ImageStore, PreparedImage
 from ain.data.normalize import normalize_row
 from ain.data.readers import (
-    DEFAULT_MAX_ROW_BYTES,
     RawRow,
     RowError,
+    Slice,
     SourceError,
     detect_format,
     iter_rows,
     source_name,
     utf8_safe,
+    whole_read_reason,
 )
 from ain.data.schema import BadRow, Sample
 from ain.stages import TaskContext
@@ -88,17 +92,6 @@ def prepare_sources(sources: list[IngestSource]) -> list[PreparedSource]:
             base = path if path.is_dir() else path.parent
         out.append(PreparedSource(src, name, base))
     return out
-
-
-def assigned_rows(sources: list[PreparedSource], index: int, num_tasks: int,
-                  max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> Iterator[tuple[PreparedSource, RawRow]]:
-    """This task's rows, in order: global row g goes to task g % num_tasks."""
-    g = 0
-    for src in sources:
-        for raw in iter_rows(src.cfg, max_row_bytes):
-            if g % num_tasks == index:
-                yield src, raw
-            g += 1
 
 
 def image_rules(limits: IngestLimits) -> ImageRules:
@@ -225,16 +218,17 @@ def run_ingest_task(ctx: TaskContext) -> dict[str, Any]:
         ctx.log.info("ingest task %d resumes after %d rows", ctx.index, out.resumed_from)
     start = last_log = time.time()
     consumed = 0
-    g = 0  # global row number over all sources: row g belongs to task g % num_tasks
+    part = Slice(ctx.index, ctx.num_tasks)
     try:
         for src in sources:
             for what in ("rows", "samples", "quarantined", "unreadable"):
                 out.counters.setdefault(_source_key(src.name, what), 0)
-            for raw in iter_rows(src.cfg, limits.max_row_bytes):
-                mine = g % ctx.num_tasks == ctx.index
-                g += 1
-                if not mine:
-                    continue
+            whole = None if part.whole else whole_read_reason(src.cfg)
+            if whole:
+                ctx.log.warning("ingest source %s is %s: each of the %d ingest tasks reads all of it. For a large "
+                                "source, convert it to uncompressed JSON lines or Parquet", src.cfg.path, whole,
+                                ctx.num_tasks)
+            for raw in iter_rows(src.cfg, limits.max_row_bytes, part):
                 consumed += 1
                 if consumed <= out.position:
                     continue  # handled before the restart

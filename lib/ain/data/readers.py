@@ -21,8 +21,21 @@ JSON-lines lines end at "\\n", "\\r\\n" or a lone "\\r" (old Mac and some Window
 CR can never be inside a JSON string (it must be escaped as \\r), so splitting there never cuts a
 row that a JSON parser would accept on one line.
 
-Row index: the 0-based line number for jsonl (blank lines are skipped but keep their number, so
-`row` points at the line a person opens), the position in the list or table otherwise.
+Row index: for JSON lines, the byte offset at which the line starts in the (decompressed) file,
+as Hadoop's TextInputFormat keys its lines: a task that reads only its byte range knows it
+without counting the lines before, it is the same for any number of tasks, and
+`tail -c +<row+1> FILE | head -1` opens the line. Otherwise the position in the list or table.
+
+Slices: `iter_rows(src, part=Slice(i, n))` yields the rows of the i-th of n contiguous slices,
+reading only that slice where the format allows:
+    jsonl        bytes [size*i/n, size*(i+1)/n): a line belongs to the slice holding its first byte
+                 (the reader seeks there, skips the line it landed in, and reads past the end
+                 only to finish its last line)
+    parquet      the row groups whose first row falls in rows [rows*i/n, rows*(i+1)/n)
+    hf_disk/hub  rows [rows*i/n, rows*(i+1)/n) of the memory-mapped Arrow table (Dataset.select)
+    json         rows [rows*i/n, rows*(i+1)/n); a JSON document can only be parsed whole
+Compressed JSON lines cannot be entered in the middle: every slice decompresses the whole file and
+keeps every n-th row (whole_read_reason says which sources do not split).
 """
 
 from __future__ import annotations
@@ -63,9 +76,31 @@ class RowError(BadRow):
         self.raw = raw
 
 
+@dataclass(frozen=True)
+class Slice:
+    """The index-th of count contiguous slices of a source (ingest task index of num_tasks)."""
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"slice {self.index} of {self.count}")
+
+    def bounds(self, total: int) -> tuple[int, int]:
+        """[start, end) of this slice of `total` units (rows or bytes); the slices tile [0, total)."""
+        return total * self.index // self.count, total * (self.index + 1) // self.count
+
+    @property
+    def whole(self) -> bool:
+        return self.count == 1
+
+
+WHOLE = Slice()
+
+
 @dataclass
 class RawRow:
-    index: int
+    index: int  # the row's number in its source (jsonl: the line's byte offset; see the module docstring)
     raw: Any  # the line's bytes (jsonl) or the already decoded row (other formats)
     offset: int = 0  # byte offset of the line in its (decompressed) file (jsonl), for error messages
     error: Optional[RowError] = None  # known to be unreadable before parsing (over-long line, ...)
@@ -75,7 +110,7 @@ class RawRow:
             raise self.error
         value = self.raw
         if isinstance(value, bytes):
-            value = _parse_line(value, self.offset, self.index)
+            value = _parse_line(value, self.offset)
         if not isinstance(value, dict):
             raise RowError(f"row is {type(value).__name__}, expected a JSON object", "wrong_type",
                            self.text())
@@ -151,14 +186,15 @@ def json_error_reason(exc: BaseException) -> tuple[str, str] | None:
     return None
 
 
-def _parse_line(line: bytes, offset: int, index: int) -> Any:
-    if index == 0 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+def _parse_line(line: bytes, offset: int) -> Any:
+    start = offset
+    if offset == 0 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
         line, offset = line[3:], offset + 3
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RowError(f"not valid UTF-8 at byte {offset + exc.start} of the file "
-                       f"(line {index + 1}, byte {exc.start} of the line)", "not_utf8",
+                       f"(byte {offset + exc.start - start} of the line starting at byte {start})", "not_utf8",
                        line[:RAW_KEEP * 4].decode("utf-8", "backslashreplace").rstrip("\r\n")[:RAW_KEEP]) from None
     try:
         return json.loads(text, object_pairs_hook=_strict_object)
@@ -246,8 +282,21 @@ def open_source(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def iter_rows(src: IngestSource, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> Iterator[RawRow]:
-    """Every row of the source. Any error while reading (not a row's) is a SourceError naming the file."""
+def whole_read_reason(src: IngestSource) -> str | None:
+    """Why every slice of this source must read all of it (None: a slice reads only its part)."""
+    fmt = detect_format(src)
+    kind = compression_of(Path(src.path)) if fmt in ("jsonl", "json") else None
+    if fmt == "jsonl" and kind:
+        return f"{kind}-compressed JSON lines, which cannot be entered in the middle"
+    if fmt == "json":
+        return "one JSON document, which can only be parsed whole"
+    return None
+
+
+def iter_rows(src: IngestSource, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+              part: Slice = WHOLE) -> Iterator[RawRow]:
+    """The rows of one slice of the source (all of it by default). Any error while reading (not a
+    row's) is a SourceError naming the file."""
     fmt = detect_format(src)
     path = Path(src.path)
     if fmt != "hub" and not path.exists():
@@ -258,15 +307,17 @@ def iter_rows(src: IngestSource, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> 
                           "ingest.sources if it is meant to be empty")
     try:
         if fmt == "jsonl":
-            yield from _iter_jsonl(path, max_row_bytes)
+            yield from _iter_jsonl(path, max_row_bytes, part)
         elif fmt == "json":
-            yield from _iter_json(path)
+            rows = list(_iter_json(path))
+            start, end = part.bounds(len(rows))
+            yield from rows[start:end]
         elif fmt == "parquet":
-            yield from _iter_parquet(path)
+            yield from _iter_parquet(path, part)
         elif fmt == "hf_disk":
-            yield from _iter_dataset(_load_from_disk(path, src.split))
+            yield from _iter_dataset(_load_from_disk(path, src.split), part)
         else:
-            yield from _iter_dataset(_load_hub(src.path, src.split))
+            yield from _iter_dataset(_load_hub(src.path, src.split), part)
     except SourceError:
         raise
     except Exception as exc:  # EOFError of a cut gzip, ArrowInvalid mid-file, MemoryError, ...
@@ -317,27 +368,63 @@ def iter_lines(f: IO[bytes], max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> Iter
         yield index, offset, bytes(cur), length
 
 
-def _iter_jsonl(path: Path, max_row_bytes: int) -> Iterator[RawRow]:
+def _iter_jsonl(path: Path, max_row_bytes: int, part: Slice = WHOLE) -> Iterator[RawRow]:
     # Binary, line by line: one bad line (not UTF-8, cut JSON) is one bad row, not a dead file.
+    compressed = compression_of(path) is not None
     rows = 0
     with open_source(path) as f:
-        for index, offset, line, length in iter_lines(f, max_row_bytes):
-            if length > max_row_bytes:
-                text = line[:RAW_KEEP].decode("utf-8", "backslashreplace")
-                error = RowError(f"line {index + 1} is {length} bytes, over ingest.max_row_bytes={max_row_bytes}; "
-                                 "not read into memory", "row_too_large", text)
-                yield RawRow(index, line[:RAW_KEEP], offset, error)
-            elif line.strip():
-                yield RawRow(index, line, offset)
-            else:
+        if compressed or part.whole:
+            start, end, lines = 0, None, iter_lines(f, max_row_bytes)
+        else:
+            start, end = part.bounds(path.stat().st_size)
+            start = first_line_start(f, start)
+            f.seek(start)
+            lines = iter_lines(f, max_row_bytes)
+        for _, relative, line, length in lines:
+            offset = start + relative
+            if end is not None and offset >= end:
+                break  # the next slice's first line
+            if not (length > max_row_bytes or line.strip()):
                 continue
             rows += 1
-    if not rows:
+            if compressed and (rows - 1) % part.count != part.index:
+                continue  # no seeking into a compressed stream: every n-th row is this slice's
+            if length > max_row_bytes:
+                text = line[:RAW_KEEP].decode("utf-8", "backslashreplace")
+                error = RowError(f"the line at byte {offset} is {length} bytes, over ingest.max_row_bytes="
+                                 f"{max_row_bytes}; not read into memory", "row_too_large", text)
+                yield RawRow(offset, line[:RAW_KEEP], offset, error)
+            else:
+                yield RawRow(offset, line, offset)
+    if not rows and part.whole:  # a slice of a small file may hold no line at all
         raise SourceError(f"ingest source {path}: no rows (only blank lines after reading "
-                          f"{'the decompressed data' if compression_of(path) else 'the file'}); re-copy it, or "
+                          f"{'the decompressed data' if compressed else 'the file'}); re-copy it, or "
                           "remove it from ingest.sources if it is meant to be empty")
 
 
+def first_line_start(f: IO[bytes], position: int) -> int:
+    """The offset of the first line that starts at or after `position` in a seekable binary file
+    (its size if none does). Line starts are where iter_lines puts them: 0 and after each \\n,
+    \\r\\n or lone \\r."""
+    if position <= 0:
+        return 0
+    f.seek(position - 1)
+    pending_cr = False  # the byte before the current chunk was a CR: a leading LF belongs to it
+    pos = position - 1
+    while chunk := f.read(64 * 1024):
+        if pending_cr:
+            return pos + (chunk[:1] == b"\n")
+        m = _EOL.search(chunk)
+        if m is None:
+            pos += len(chunk)
+            continue
+        j = m.start()
+        if chunk[j:j + 1] == b"\n":
+            return pos + j + 1
+        if j + 1 < len(chunk):
+            return pos + j + 1 + (chunk[j + 1:j + 2] == b"\n")
+        pos, pending_cr = pos + len(chunk), True
+    return pos
 def _iter_json(path: Path) -> Iterator[RawRow]:
     # A JSON document can only be parsed whole (LLaVA's llava_instruct_150k.json is ~230 MB).
     marked: list[str] = []
@@ -389,7 +476,7 @@ def _duplicate_in(value: Any) -> str | None:
     return None
 
 
-def _iter_parquet(path: Path) -> Iterator[RawRow]:
+def _iter_parquet(path: Path, part: Slice = WHOLE) -> Iterator[RawRow]:
     import pyarrow.parquet as pq  # noqa: PLC0415
 
     kind = compression_of(path)
@@ -400,8 +487,19 @@ def _iter_parquet(path: Path) -> Iterator[RawRow]:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid (a ValueError) for non-parquet files
         raise SourceError(f"ingest source {path}: not a readable parquet file: {exc}") from None
-    index = 0
-    for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+    # Row groups are the unit a reader can fetch alone: a group is this slice's when its first
+    # row is (a file written as one group goes to one slice whole).
+    lo, hi = part.bounds(pf.metadata.num_rows)
+    groups, first_row, index = [], None, 0
+    for g in range(pf.metadata.num_row_groups):
+        if lo <= index < hi:
+            groups.append(g)
+            first_row = index if first_row is None else first_row
+        index += pf.metadata.row_group(g).num_rows
+    if not groups:
+        return
+    index = first_row
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups):
         for row in batch.to_pylist():
             yield RawRow(index, row)
             index += 1
@@ -460,10 +558,13 @@ def _load_hub(name: str, split: str) -> Any:
                           "save_to_disk, and use format=hf_disk with that directory") from None
 
 
-def _iter_dataset(ds: Any) -> Iterator[RawRow]:
+def _iter_dataset(ds: Any, part: Slice = WHOLE) -> Iterator[RawRow]:
     # Arrow format yields the stored values: images stay {"bytes", "path"} (the original file
     # bytes, so the content hash is the file's) instead of being decoded to PIL and re-encoded.
-    index = 0
+    start, end = part.bounds(len(ds))
+    if not part.whole:
+        ds = ds.select(range(start, end))  # a view of the memory-mapped table: only these rows are read
+    index = start
     for table in ds.with_format("arrow").iter(batch_size=BATCH_ROWS):
         for row in table.to_pylist():
             yield RawRow(index, row)

@@ -28,7 +28,7 @@ from ain.config_base import ConfigError
 from ain.rundir import RunDir
 from ain.slurm.launcher import Launcher, StageFailed, describe, executor_kind, resolve_run_dir, wait_for
 from ain.stages import select_stages
-from ain.sweep import launch_sweep, plan_sweep, write_sweep_report
+from ain.sweep import launch_sweep, plan_sweep, submit_report_job, write_sweep_report
 
 HELP_EPILOG = ("Overrides are key=value (e.g. recipe=ain cluster=slurm ingest.num_tasks=8); lists are "
                "written [a,b] (stages=[ingest,translate]), mappings {k: v}; quote them for the shell.")
@@ -112,6 +112,9 @@ def _sweep(overrides: list[str], args: argparse.Namespace) -> int:
     if all(executor_kind(v.cfg) == "local" for v in plan.variants):
         print(f"finished; comparison table: {write_sweep_report(plan.root)['report']}")
         return 0
+    report_job = submit_report_job(plan, reports)
+    if report_job:
+        print(f"sweep report: job {report_job} writes {plan.root / 'report' / 'sweep.md'} once every job above has ended")
     if args.wait:
         for v in plan.variants:
             wait_for(RunDir(v.cfg.run_dir), [], poll_s=v.cfg.cluster.poll_s)

@@ -13,6 +13,10 @@ computes a (stage, fingerprint) owns it; every other variant with the same finge
 `stages/<stage>` to the owner's and does not submit it, and its own later stages wait for the
 owner's jobs. A fingerprint covers its upstream stages', so variants fork at the first stage whose
 config differs and run in parallel from there.
+
+On Slurm the sweep ends in one more job, after every job of every variant has ended (afterany: a
+failed variant shows `-` in the table rather than holding it back), that writes
+`<sweep>/report/sweep.md`; its id is in `<sweep>/report_job.json`, its log under `report_job/`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import submitit
 import yaml
 
 from ain import PROJECT_ROOT
@@ -32,12 +37,16 @@ from ain.config import RunConfig, load_config
 from ain.config_base import ConfigError
 from ain.fingerprint import Fingerprint, stage_fingerprints
 from ain.rundir import RunDir, private_mkdir
+from ain.slurm import scheduler
 from ain.slurm.cost import stage_costs
-from ain.slurm.launcher import Launcher, StageLaunch
+from ain.slurm.launcher import Launcher, StageLaunch, job_name
+from ain.slurm.sbatch import slurm_parameters
+from ain.slurm.snapshot import snapshot_code
 from ain.slurm.status import collect
 
 SWEEPS_DIR = PROJECT_ROOT / "configs" / "sweep"
 SWEEP_FILE = "sweep.json"
+REPORT_JOB_FILE = "report_job.json"
 
 
 @dataclass
@@ -244,6 +253,36 @@ def launch_sweep(plan: SweepPlan, force: bool = False, argv: list[str] | None = 
     return reports
 
 
+class SweepReportTask:
+    """The body of the sweep's last Slurm job (see the module docstring)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def __call__(self) -> str:
+        path = write_sweep_report(Path(self.root))["report"]
+        print(f"sweep report written: {path}", flush=True)  # into the job's log
+        return path
+
+
+def submit_report_job(plan: SweepPlan, reports: dict[str, list[StageLaunch]]) -> str | None:
+    """Submit the job that writes the comparison table after every job these launches submitted
+    or found queued; None when there is none (everything was done already)."""
+    waits = sorted({e for report in reports.values() for sl in report for e in [*sl.job_ids, *sl.active]})
+    if not waits:
+        return None
+    cfg = plan.variants[0].cfg
+    executor = submitit.SlurmExecutor(folder=plan.root / "report_job", max_num_timeout=0)
+    # the report stage's resources: the same kind of work (markers, small JSON files, plots)
+    executor.update_parameters(**slurm_parameters(
+        cfg.cluster, job_name(cfg, "sweep-report"), cfg.report.resources, waits,
+        snapshot_code(RunDir(cfg.run_dir).root.resolve()), dependency_kind="afterany"))
+    with submitit.helpers.clean_env():  # a sweep submitted from inside a job must not pass its SLURM_* on
+        job = executor.submit(SweepReportTask(str(plan.root.resolve())))
+    atomic_write_json(plan.root / REPORT_JOB_FILE, {"job_id": job.job_id, "after": waits})
+    return job.job_id
+
+
 def sweep_record(plan: SweepPlan) -> dict[str, Any]:
     return {"name": plan.name, "baseline": plan.baseline, "description": plan.description,
             "variants": [{"name": v.name, "overrides": v.overrides, "owners": v.owners,
@@ -409,7 +448,19 @@ def sweep_status(root: Path, use_queue: bool = True) -> dict[str, dict[str, dict
     return grid
 
 
-def render_sweep_status(root: Path, grid: dict[str, dict[str, dict[str, Any]]]) -> Any:
+def report_job_line(root: Path, use_queue: bool = True) -> str | None:
+    """Where the sweep's report job stands, for status (None before one was submitted)."""
+    path = Path(root) / REPORT_JOB_FILE
+    if not path.exists():
+        return None
+    job = read_json(path)["job_id"]
+    entry = scheduler.queue([job]).get(job) if use_queue else None
+    table = Path(root) / "report" / "sweep.md"
+    return (f"sweep report job {job}: {entry.state if entry else 'not in the queue'}; "
+            f"{table} {'written' if table.exists() else 'not written yet'}")
+
+
+def render_sweep_status(root: Path, grid: dict[str, dict[str, dict[str, Any]]], use_queue: bool = True) -> Any:
     """A rich table, variants x stages; a shared stage is marked with the variant computing it."""
     from rich.table import Table  # noqa: PLC0415
 
@@ -428,4 +479,5 @@ def render_sweep_status(root: Path, grid: dict[str, dict[str, dict[str, Any]]]) 
             text = f"{c['state']} {c['done']}/{c['num_tasks']}"
             cells.append(text if c["owner"] == name else f"= {c['owner']}")
         table.add_row(name, *cells)
+    table.caption = report_job_line(root, use_queue)
     return table

@@ -17,6 +17,7 @@ import pytest
 
 from ain.rundir import RunDir
 from ain.slurm.launcher import wait_for
+from tests.slurm.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slurm]
@@ -44,6 +45,19 @@ def test_authentic_share_sweep_shares_ingest_and_forks_at_mix(slurm_cluster, tmp
     runs = {n: RunDir(root / n) for n in names}
     for run in runs.values():
         wait_for(run, [], timeout_s=600, poll_s=1)
+    # The sweep's last job writes the comparison table after every variant's jobs (afterany).
+    report_job = json.loads((root / "report_job.json").read_text())
+    assert "sweep report: job " + report_job["job_id"] in out, out
+    assert {e["job_id"] for run in runs.values() for e in _submits(run)} <= {a.split("_")[0] for a in report_job["after"]}
+    wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", report_job["job_id"], "-o", "%i"],
+                                          capture_output=True, text=True).stdout.strip(), 120, "the sweep report job")
+    by_job = (root / "report" / "sweep.md")
+    assert by_job.exists(), sorted(p.name for p in (root / "report_job").iterdir())
+    assert len([line for line in by_job.read_text().splitlines() if line.startswith("| share_")]) == 3
+    assert f"sweep report written: {by_job}" in (root / "report_job" / f"{report_job['job_id']}_0_log.out").read_text()
+    shown = subprocess.run([sys.executable, "jobs/status.py", str(root)], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout
+    assert f"sweep report job {report_job['job_id']}: " in shown and "sweep.md written" in shown, shown
     ingest_job = next(e["job_id"] for e in _submits(runs["share_35"]) if e["stage"] == "ingest")
     assert [e["stage"] for e in _submits(runs["share_35"])] == ["ingest", "mix", "pack"]
     for n in ("share_20", "share_50"):
@@ -67,4 +81,5 @@ def test_authentic_share_sweep_shares_ingest_and_forks_at_mix(slurm_cluster, tmp
     assert len(rows) == 3 and all(row.split("|")[3].strip().isdigit() for row in rows), table  # measured samples
     again = _submit(tmp_path)
     assert "submitted" not in again.split("stage computations")[1], again     # nothing left to do
+    assert "sweep report: job" not in again and json.loads((root / "report_job.json").read_text()) == report_job
     assert all(len(_submits(run)) == (3 if n == "share_35" else 2) for n, run in runs.items())

@@ -14,7 +14,15 @@ import pytest
 
 from ain.config_base import ConfigError
 from ain.rundir import RunDir
-from ain.sweep import launch_sweep, plan_sweep, read_sweep, sweep_status, variant_overrides, write_sweep_report
+from ain.sweep import (
+    launch_sweep,
+    plan_sweep,
+    read_sweep,
+    submit_report_job,
+    sweep_status,
+    variant_overrides,
+    write_sweep_report,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAIN = ["recipe=smoke", "cluster=local", "cluster.executor=local", "stages=[ingest,mix,pack]"]
@@ -95,6 +103,19 @@ def test_three_variant_sweep_runs_shared_stages_once(tmp_path, monkeypatch):
     again = launch_sweep(plan_sweep([*CHAIN, f"runs_root={tmp_path}", "name=share",
                                      "sweep.mix.authentic_arabic_share=0.2,0.35,0.5"]), argv=["test"])
     assert not any(sl.submitted for report in again.values() for sl in report)
+    # nothing queued or submitted: no report job (on Slurm one follows every job a launch left queued)
+    assert submit_report_job(plan, again) is None and not (tmp_path / "share" / "report_job.json").exists()
+
+
+def test_report_job_waits_for_every_job_however_it_ended(tmp_path):
+    from ain.config import load_config
+    from ain.slurm.sbatch import slurm_parameters
+
+    cfg = load_config(["recipe=smoke", "cluster=localslurm"])
+    params = slurm_parameters(cfg.cluster, "ain-x-sweep-report", cfg.report.resources, ["12", "13_4"],
+                              dependency_kind="afterany")
+    assert params["dependency"] == "afterany:12:13_4"
+    assert slurm_parameters(cfg.cluster, "x", cfg.report.resources, ["12"])["dependency"] == "afterok:12"
 
 
 def test_submit_sweep_dry_run_prints_the_plan_and_submits_nothing(tmp_path):

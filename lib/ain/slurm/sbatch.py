@@ -75,9 +75,11 @@ def job_env_lines(cluster: ClusterConfig, res: Resources) -> list[str]:
 
 
 def slurm_parameters(cluster: ClusterConfig, job_name: str, res: Resources,
-                     dependency: list[str] | None = None, code_dir: Path | None = None) -> dict[str, Any]:
+                     dependency: list[str] | None = None, code_dir: Path | None = None,
+                     dependency_kind: str = "afterok") -> dict[str, Any]:
     """Keyword arguments for `submitit.SlurmExecutor.update_parameters`; `code_dir`, a code
-    snapshot (`ain.slurm.snapshot`), goes first on the job's PYTHONPATH."""
+    snapshot (`ain.slurm.snapshot`), goes first on the job's PYTHONPATH. The job starts once the
+    `dependency` jobs have succeeded (afterok), or ended however they ended (afterany)."""
     params: dict[str, Any] = {
         "job_name": job_name,
         "time": res.time_min,
@@ -119,7 +121,7 @@ def slurm_parameters(cluster: ClusterConfig, job_name: str, res: Resources,
         # collective until the time limit.
         params["srun_args"].append("--kill-on-bad-exit=1")
     if dependency:
-        params["dependency"] = "afterok:" + ":".join(dependency)
+        params["dependency"] = f"{dependency_kind}:" + ":".join(dependency)
     return params
 
 

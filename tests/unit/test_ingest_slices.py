@@ -4,7 +4,6 @@ source, and the n parts together are exactly the whole source, row for row, what
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import random
 
@@ -14,7 +13,7 @@ import pytest
 
 import ain.data.readers as readers
 from ain.data.config import IngestSource
-from ain.data.readers import Slice, first_line_start, iter_rows
+from ain.data.readers import Slice, iter_rows
 
 
 def _rows(src: IngestSource, part: Slice = readers.WHOLE) -> list[tuple[int, object]]:
@@ -52,12 +51,17 @@ def test_jsonl_byte_slices_tile_the_file_for_every_boundary(tmp_path, seed):
         assert data[index:index + len(raw)] == raw and data[index - 1:index] in (b"\n", b"\r")
 
 
-def test_first_line_start_follows_each_terminator():
+def test_each_line_goes_to_the_slice_holding_its_first_byte(tmp_path):
+    """One slice per byte: a line is read by exactly the slice its first byte is in, whichever
+    terminator (\\r\\n, lone \\r, \\n) ends the line before it."""
     data = b'{"a":1}\r\n{"b":2}\r{"c":3}\n'
     starts = {0, 9, 17}
-    for position in range(len(data) + 1):
-        want = min([s for s in starts if s >= position] or [len(data)])
-        assert first_line_start(io.BytesIO(data), position) == want, position
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(data)
+    src = IngestSource(path=str(path))
+    for position in range(len(data)):
+        got = [index for index, _ in _rows(src, Slice(position, len(data)))]
+        assert got == ([position] if position in starts else []), position
 
 
 def test_compressed_jsonl_every_slice_reads_all_and_keeps_every_nth_row(tmp_path):

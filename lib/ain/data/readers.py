@@ -29,8 +29,8 @@ without counting the lines before, it is the same for any number of tasks, and
 Slices: `iter_rows(src, part=Slice(i, n))` yields the rows of the i-th of n contiguous slices,
 reading only that slice where the format allows:
     jsonl        bytes [size*i/n, size*(i+1)/n): a line belongs to the slice holding its first byte
-                 (the reader seeks there, skips the line it landed in, and reads past the end
-                 only to finish its last line)
+                 (the reader seeks one byte before its start, skips the line it landed in,
+                 and reads past its end only to finish its last line)
     parquet      the row groups whose first row falls in rows [rows*i/n, rows*(i+1)/n)
     hf_disk/hub  rows [rows*i/n, rows*(i+1)/n) of the memory-mapped Arrow table (Dataset.select)
     json         rows [rows*i/n, rows*(i+1)/n); a JSON document can only be parsed whole
@@ -43,6 +43,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import itertools
 import json
 import lzma
 import re
@@ -372,14 +373,18 @@ def _iter_jsonl(path: Path, max_row_bytes: int, part: Slice = WHOLE) -> Iterator
     # Binary, line by line: one bad line (not UTF-8, cut JSON) is one bad row, not a dead file.
     compressed = compression_of(path) is not None
     rows = 0
+    start, end = 0, None
     with open_source(path) as f:
-        if compressed or part.whole:
-            start, end, lines = 0, None, iter_lines(f, max_row_bytes)
-        else:
-            start, end = part.bounds(path.stat().st_size)
-            start = first_line_start(f, start)
-            f.seek(start)
-            lines = iter_lines(f, max_row_bytes)
+        lines = iter_lines(f, max_row_bytes)
+        if not (compressed or part.whole):
+            lo, end = part.bounds(path.stat().st_size)
+            if lo > 0:
+                # Start one byte early: the first line iter_lines yields from there is the one
+                # holding byte lo-1 (or the empty rest of a terminator ending there), which starts
+                # before lo and so is the slice before's; the lines after it start at or after lo.
+                start = lo - 1
+                f.seek(start)
+                next(lines, None)
         for _, relative, line, length in lines:
             offset = start + relative
             if end is not None and offset >= end:
@@ -402,29 +407,6 @@ def _iter_jsonl(path: Path, max_row_bytes: int, part: Slice = WHOLE) -> Iterator
                           "remove it from ingest.sources if it is meant to be empty")
 
 
-def first_line_start(f: IO[bytes], position: int) -> int:
-    """The offset of the first line that starts at or after `position` in a seekable binary file
-    (its size if none does). Line starts are where iter_lines puts them: 0 and after each \\n,
-    \\r\\n or lone \\r."""
-    if position <= 0:
-        return 0
-    f.seek(position - 1)
-    pending_cr = False  # the byte before the current chunk was a CR: a leading LF belongs to it
-    pos = position - 1
-    while chunk := f.read(64 * 1024):
-        if pending_cr:
-            return pos + (chunk[:1] == b"\n")
-        m = _EOL.search(chunk)
-        if m is None:
-            pos += len(chunk)
-            continue
-        j = m.start()
-        if chunk[j:j + 1] == b"\n":
-            return pos + j + 1
-        if j + 1 < len(chunk):
-            return pos + j + 1 + (chunk[j + 1:j + 2] == b"\n")
-        pos, pending_cr = pos + len(chunk), True
-    return pos
 def _iter_json(path: Path) -> Iterator[RawRow]:
     # A JSON document can only be parsed whole (LLaVA's llava_instruct_150k.json is ~230 MB).
     marked: list[str] = []
@@ -490,15 +472,12 @@ def _iter_parquet(path: Path, part: Slice = WHOLE) -> Iterator[RawRow]:
     # Row groups are the unit a reader can fetch alone: a group is this slice's when its first
     # row is (a file written as one group goes to one slice whole).
     lo, hi = part.bounds(pf.metadata.num_rows)
-    groups, first_row, index = [], None, 0
-    for g in range(pf.metadata.num_row_groups):
-        if lo <= index < hi:
-            groups.append(g)
-            first_row = index if first_row is None else first_row
-        index += pf.metadata.row_group(g).num_rows
+    sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+    starts = list(itertools.accumulate(sizes, initial=0))
+    groups = [g for g in range(len(sizes)) if lo <= starts[g] < hi]
     if not groups:
         return
-    index = first_row
+    index = starts[groups[0]]
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups):
         for row in batch.to_pylist():
             yield RawRow(index, row)

@@ -79,7 +79,8 @@ def slurm_parameters(cluster: ClusterConfig, job_name: str, res: Resources,
                      dependency_kind: str = "afterok") -> dict[str, Any]:
     """Keyword arguments for `submitit.SlurmExecutor.update_parameters`; `code_dir`, a code
     snapshot (`ain.slurm.snapshot`), goes first on the job's PYTHONPATH. The job starts once the
-    `dependency` jobs have succeeded (afterok), or ended however they ended (afterany)."""
+    `dependency` jobs have succeeded (afterok), or ended however they ended (afterany): sbatch(1),
+    --dependency."""
     params: dict[str, Any] = {
         "job_name": job_name,
         "time": res.time_min,

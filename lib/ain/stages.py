@@ -60,7 +60,9 @@ class StageSpec:
     progress: Optional[str] = None
     """`module:function` (out_dir) -> dict | None: live progress for `jobs/status.py` (step, ETA)."""
     estimate: Optional[str] = None
-    """`module:function` (cfg, run_root) -> an object with `describe()`: the dry run's cost line."""
+    """`module:function` (cfg, run_root, upstream) -> the stage's work before it runs
+    (ain.slurm.cost.WorkEstimate, or an object with its `task_hours`, `devices_per_task`, `work`,
+    `rate` and `describe()`); `upstream` holds the estimates of the stages before it."""
 
 
 def load_hook(path: str) -> Callable[..., Any]:

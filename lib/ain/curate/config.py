@@ -40,7 +40,8 @@ TRANSLATE_TO_EN_PROMPT = (
 class TranslateConfig:
     """English samples -> Arabic, and back to English for verification."""
 
-    OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every", "in_flight_samples", "max_pending_samples")
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every", "in_flight_samples", "max_pending_samples",
+                                              "output_tokens_per_gpu_s", "arabic_tokens_per_english_token")
     """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
 
     translator: JudgeConfig = field(default_factory=lambda: JudgeConfig(model="Qwen/Qwen2.5-72B-Instruct",
@@ -76,6 +77,15 @@ class TranslateConfig:
     """Most samples started and not yet written: those in flight plus finished ones waiting for an
     earlier, slower one (bounds memory and what a restart redoes, from the response cache). When
     reached, no sample starts until the earliest finishes. 0: 4 x the samples in flight."""
+    output_tokens_per_gpu_s: float = 500.0
+    """Planning only (the dry run's estimate): tokens the translator's server generates per second
+    per GPU at full batch. Assumed (a 72B model on 4 GPUs at ~2,000 tokens/s), not measured here:
+    replace it with your cluster's figure; a finished task of the same fingerprint replaces the
+    estimate with its measured time."""
+    arabic_tokens_per_english_token: float = 1.5
+    """Planning only: tokens of the Arabic translation per English token (about 0.5 tokens per
+    Arabic character against 0.3 per English one with Qwen's tokenizer, at ~0.9 x the characters).
+    Assumed: measure it on a finished translate stage of your data."""
     resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=2, mem_gb=16, time_min=240))
 
     def samples_in_flight(self) -> int:
@@ -105,6 +115,8 @@ class TranslateConfig:
         need(1 <= self.min_output_tokens <= self.translator.max_tokens, "translate.min_output_tokens",
              f"must be in 1..translate.translator.max_tokens ({self.translator.max_tokens})")
         need(self.commit_every >= 1, "translate.commit_every", "must be >= 1")
+        for key in ("output_tokens_per_gpu_s", "arabic_tokens_per_english_token"):
+            need(getattr(self, key) > 0, f"translate.{key}", "must be > 0")
         need(self.in_flight_samples >= 0, "translate.in_flight_samples", "must be >= 0 (0: translator.max_concurrency)")
         need(self.max_pending_samples == 0 or self.max_pending_samples >= self.samples_in_flight(),
              "translate.max_pending_samples", f"must be 0 (4 x the samples in flight) or >= the samples in flight "
@@ -117,7 +129,7 @@ class TranslateConfig:
 class VerifyConfig:
     """The report's translation gate (REFERENCE.md §1), with re-translation of failures."""
 
-    OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every", "labse_batch_size")
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every", "labse_batch_size", "samples_per_gpu_s")
     """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
     DECISION_ONLY: ClassVar[tuple[str, ...]] = ("min_labse", "min_bleu4", "min_meteor", "min_rouge_l",
                                                 "exact_match_passes", "max_retranslations")
@@ -147,6 +159,9 @@ class VerifyConfig:
     """Array size."""
     commit_every: int = 64
     """Samples between progress commits."""
+    samples_per_gpu_s: float = 10.0
+    """Planning only (the dry run's estimate): samples verified per second per GPU of the task,
+    re-translations of the failing ones included. Assumed, not measured here."""
     resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=2, mem_gb=16, time_min=240))
 
     def resolve(self, cfg: "RunConfig") -> None:
@@ -178,6 +193,7 @@ class VerifyConfig:
             need(model_exists_or_hub_id(self.labse_model), "verify.labse_model",
                  f"{self.labse_model!r}: no such local directory")
         need(self.commit_every >= 1, "verify.commit_every", "must be >= 1")
+        need(self.samples_per_gpu_s > 0, "verify.samples_per_gpu_s", "a throughput: must be > 0")
 
 
 def _llavaguard() -> JudgeConfig:
@@ -213,7 +229,7 @@ LLAVAGUARD_CATEGORIES = {
 class SafetyConfig:
     """LlavaGuard-policy screening of every unique image and every text turn (REFERENCE.md §2)."""
 
-    OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every",)
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every", "images_per_gpu_s", "turns_per_gpu_s")
     """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
 
     vision_judge: JudgeConfig = field(default_factory=_llavaguard)
@@ -246,6 +262,11 @@ class SafetyConfig:
     """Array size; images are dealt by content hash, texts by sample, so each is judged once."""
     commit_every: int = 32
     """Items between progress commits."""
+    images_per_gpu_s: float = 2.0
+    """Planning only (the dry run's estimate): images the vision judge rates per second per GPU
+    (LlavaGuard writes a rationale of up to 500 tokens). Assumed, not measured here."""
+    turns_per_gpu_s: float = 20.0
+    """Planning only: text turns the text judge rates per second per GPU. Assumed, not measured."""
     resources: Resources = field(default_factory=lambda: Resources(cpus_per_task=2, mem_gb=16, time_min=240))
 
     def resolve(self, cfg: "RunConfig") -> None:
@@ -278,6 +299,8 @@ class SafetyConfig:
                  f"{self.text_judge.model!r}: an instruct model needs policy_json (it was not trained on "
                  "Qwen3Guard's format)")
         need(self.commit_every >= 1, "safety.commit_every", "must be >= 1")
+        for key in ("images_per_gpu_s", "turns_per_gpu_s"):
+            need(getattr(self, key) > 0, f"safety.{key}", "a throughput: must be > 0")
 
     def hub_assets(self, cfg: "RunConfig") -> list[HubAsset]:
         return judge_assets({"safety.vision_judge": self.vision_judge, "safety.text_judge": self.text_judge})

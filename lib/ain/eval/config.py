@@ -56,7 +56,7 @@ class EvalConfig:
     """Benchmarks of one checkpoint: one array task per evaluation unit (a CAMEL-Bench domain or one
     of its datasets, ArabicMMLU, an English benchmark)."""
 
-    OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every",)
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("commit_every", "items_per_gpu_s")
     """Fields that change how it runs, not what it computes: left out of fingerprints (ain.fingerprint)."""
 
     checkpoint: str = ""
@@ -109,6 +109,9 @@ class EvalConfig:
     registry's `judge_fallback` sets (MMBench choice matcher, MathVista answer extractor) for the
     replies their rules cannot read; model empty: the open-ended sets keep their predictions and
     are reported as not scored, unreadable MMBench/MathVista replies are scored wrong (counted)."""
+    items_per_gpu_s: float = 2.0
+    """Planning only (the dry run's estimate, ain.eval.estimate): items answered (and judged) per
+    second per GPU. Assumed, not measured here."""
     num_tasks: int = 0
     """Derived at load time: the number of evaluation units the registry yields for `benchmarks`."""
     resources: Resources = field(default_factory=lambda: Resources(
@@ -192,6 +195,7 @@ class EvalConfig:
              "sdpa, eager or flash_attention_2")
         need(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         need(self.commit_every >= 1, "eval.commit_every", "must be >= 1")
+        need(self.items_per_gpu_s > 0, "eval.items_per_gpu_s", "a throughput: must be > 0")
         need(self.max_new_tokens >= 0, "eval.max_new_tokens", "must be >= 0 (0: the registry's value)")
         need(self.max_items_per_dataset >= 0, "eval.max_items_per_dataset", "must be >= 0")
         need(self.mmlu_prompt_language in ("en", "ar"), "eval.mmlu_prompt_language", "en or ar")

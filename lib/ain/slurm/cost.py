@@ -6,8 +6,14 @@ Sources, best first:
   measured   finished tasks of the same stage with the same fingerprint (ain.fingerprint): in
              this run, or in any run under runs_root (a sweep's variants, an earlier run of the
              same config). Same fingerprint = the same computation, so its task-seconds apply.
-  estimate   the stage's `estimate` hook (training: tokens / configured tokens-per-GPU-second).
-  limit      the task's time limit (resources.time_min): an upper bound, not a forecast.
+  estimate   the stage's `estimate` hook: its work before it runs (WorkEstimate: samples,
+             tokens, images, eval items; from the data itself) at a throughput figure of the
+             config (training: tokens / train.tokens_per_gpu_s; translate: output tokens /
+             translate.output_tokens_per_gpu_s; ...). The hooks run in pipeline order, each seeing
+             the estimates before it (`upstream`): ingest surveys the sources, translate counts
+             the tokens of the English text ingest found, safety the images and turns.
+  limit      the task's time limit (resources.time_min): an upper bound, not a forecast. A stage
+             with work units but no throughput figure (mix, pack) still shows its units.
 
 GPUs per task are the task's own (nodes x gpus_per_node; per_task judge servers run on them).
 Wall-clock hours assume `cluster.array_parallelism` tasks of an array at once and stages one
@@ -17,15 +23,67 @@ after another; shared judge server jobs are not included.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from ain.fingerprint import Fingerprint, records_under, stage_fingerprints
 from ain.stages import load_hook, plan
 
 if TYPE_CHECKING:
     from ain.config import RunConfig
+
+
+@dataclass(frozen=True)
+class WorkEstimate:
+    """A stage's work before it runs, as its estimate hook (ain.pipeline StageSpec.estimate) sees
+    it, and the time that work takes at a throughput figure when the config has one.
+
+    `units` are shown in order ("samples", "input tokens", "images", ...); `sources` says where
+    they come from (surveyed rows, a tokenizer, an assumption). `task_hours` is None when there is
+    no throughput figure (the cost table then falls back to the time limit). `carry` holds what
+    later stages' hooks read (e.g. ingest's sampled English texts for translate's token count)."""
+
+    stage: str
+    units: tuple[tuple[str, float], ...]
+    sources: str
+    task_hours: Optional[float] = None
+    devices_per_task: int = 1
+    rate: str = ""                   # "600 output tokens/s per GPU (translate.output_tokens_per_gpu_s)"
+    carry: Mapping[str, Any] = field(default_factory=dict)
+
+    def unit(self, name: str, default: float = 0.0) -> float:
+        return next((v for k, v in self.units if k == name), default)
+
+    @property
+    def work(self) -> str:
+        return ", ".join(f"{value:,.0f} {name}" for name, value in self.units)
+
+    def describe(self) -> str:
+        line = f"{self.stage} work: {self.work} ({self.sources})"
+        if self.task_hours is not None:
+            line += f"; at {self.rate}: {self.task_hours:,.2f} h per task on {self.devices_per_task} device(s)"
+        return line
+
+
+def device_hours(work: float, per_device_s: float, devices: int, tasks: int) -> float:
+    """Hours one task takes for its share (1/tasks) of `work` at `per_device_s` units per second
+    on each of its `devices`."""
+    return work / max(per_device_s, 1e-12) / max(1, devices) / max(1, tasks) / 3600.0
+
+
+def compute_estimates(cfg: "RunConfig", run_root: Path) -> dict[str, Any]:
+    """stage -> its estimate hook's result, in pipeline order; each hook gets the results before
+    it (`upstream`). A hook that fails is reported in its place, not raised: the dry run is for
+    reading a plan, and one unreadable source must not hide the rest of it."""
+    out: dict[str, Any] = {}
+    for st in plan(cfg):
+        if st.spec.estimate:
+            try:
+                out[st.name] = load_hook(st.spec.estimate)(cfg, run_root, out)
+            except Exception as exc:  # noqa: BLE001 - shown in the dry run, the launch checks for real
+                out[st.name] = WorkEstimate(st.name, (), f"no estimate: {type(exc).__name__}: {exc}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -37,6 +95,7 @@ class StageCost:
     parallel: int              # tasks at once
     source: str                # measured | estimate | limit
     detail: str                # where the figure comes from, and the work it covers
+    work: str = ""             # the stage's work units (WorkEstimate.work), when estimated
 
     @property
     def gpu_hours(self) -> float:
@@ -64,34 +123,32 @@ def measured(runs_root: Path, stage: str, digest: str) -> Optional[tuple[float, 
 
 def stage_costs(cfg: "RunConfig", run_root: Path, prints: Optional[dict[str, Fingerprint]] = None,
                 estimates: Optional[dict[str, Any]] = None) -> list[StageCost]:
-    """Per stage of the plan. `prints` and `estimates` (stage -> its estimate hook's result), when
-    the caller has them already (the dry run), are not computed again; an estimate is only
-    computed for a stage with nothing measured."""
+    """Per stage of the plan. `prints` and `estimates` (compute_estimates), when the caller has
+    them already (the dry run), are not computed again."""
     prints = prints if prints is not None else stage_fingerprints(cfg)
-    estimates = dict(estimates or {})
+    estimates = estimates if estimates is not None else compute_estimates(cfg, run_root)
     runs_root = Path(cfg.runs_root)
     out: list[StageCost] = []
     for st in plan(cfg):
         r = st.resources
         gpus = r.nodes * r.gpus_per_node
         parallel = 1 if st.spec.multi_node else min(st.num_tasks, max(1, cfg.cluster.array_parallelism))
+        estimate = estimates.get(st.name)
+        work = getattr(estimate, "work", "")
         found = measured(runs_root, st.name, prints[st.name].digest) if runs_root.is_dir() else None
         if found:
             seconds, n, items, where = found
             out.append(StageCost(st.name, st.num_tasks, gpus, seconds / 3600, parallel, "measured",
                                  f"{n} finished task(s) of the same fingerprint in {where}: {seconds / 60:.1f} min "
-                                 f"per task, {items:,} items"))
+                                 f"per task, {items:,} items", work))
             continue
-        if st.spec.estimate and st.name not in estimates:
-            estimates[st.name] = load_hook(st.spec.estimate)(cfg, run_root)
-        estimate = estimates.get(st.name)
-        if estimate is not None and hasattr(estimate, "wall_hours"):
-            devices = getattr(estimate, "gpus", None) or max(1, gpus)  # on CPU: one device per rank
-            out.append(StageCost(st.name, st.num_tasks, devices, estimate.wall_hours, parallel, "estimate",
-                                 estimate.describe().splitlines()[0]))
+        if estimate is not None and estimate.task_hours is not None:
+            devices = estimate.devices_per_task or max(1, gpus)  # on CPU: one device per rank
+            out.append(StageCost(st.name, st.num_tasks, devices, estimate.task_hours, parallel, "estimate",
+                                 estimate.rate, work))
         else:
             out.append(StageCost(st.name, st.num_tasks, gpus, r.time_min / 60, parallel, "limit",
-                                 f"time limit {r.time_min} min per task (upper bound)"))
+                                 f"time limit {r.time_min} min per task (upper bound)", work))
     return out
 
 
@@ -99,7 +156,7 @@ def describe_costs(costs: list[StageCost], title: str = "cost") -> list[str]:
     lines = [f"{title} (GPU-hours; wall hours with array parallelism, stages in sequence):"]
     for c in costs:
         lines.append(f"  {c.stage}: {c.tasks} task(s) x {c.gpus_per_task} GPU, {c.gpu_hours:,.1f} GPU-h, "
-                     f"{c.wall_hours:,.2f} h wall [{c.source}: {c.detail}]")
+                     f"{c.wall_hours:,.2f} h wall [{c.source}: {c.detail}]" + (f"; work: {c.work}" if c.work else ""))
     lines.append(f"  total: {sum(c.gpu_hours for c in costs):,.1f} GPU-h, {sum(c.wall_hours for c in costs):,.2f} h wall"
                  + ("" if all(c.source == "measured" for c in costs) else
                     " (includes upper bounds from time limits where nothing was measured)"))

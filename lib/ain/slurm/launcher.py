@@ -33,13 +33,13 @@ from ain.atomic import atomic_write_json, read_json
 from ain.config_base import ConfigError
 from ain.rundir import RunDir
 from ain.slurm import scheduler
-from ain.slurm.cost import describe_costs, stage_costs
+from ain.slurm.cost import compute_estimates, describe_costs, stage_costs
 from ain.slurm.sbatch import render_sbatch, slurm_parameters
 from ain.slurm.shared_server import SharedServerTask
 from ain.slurm.snapshot import code_digest, snapshot_code, snapshot_dir
 from ain.slurm.submissions import active_elements, submitted_elements
 from ain.slurm.task import StageTask
-from ain.stages import PlannedStage, load_hook, plan
+from ain.stages import PlannedStage, plan
 
 if TYPE_CHECKING:
     from ain.config import RunConfig
@@ -158,9 +158,8 @@ class Launcher:
                 r = judge.server.shared_resources
                 lines.append(f"  serve:{name}: one {judge.model} server job beside {', '.join(stages)}; "
                              f"{r.cpus_per_task} cpu, {r.gpus_per_node} gpu, {r.mem_gb:g} GB, {r.time_min} min")
-        estimates = {st.name: load_hook(st.spec.estimate)(self.cfg, self.run.root)
-                     for st in plan(self.cfg) if st.spec.estimate and self._chosen(st.name)}
-        lines += [e.describe() for e in estimates.values()]
+        estimates = compute_estimates(self.cfg, self.run.root)
+        lines += [e.describe() for name, e in estimates.items() if self._chosen(name)]
         costs = stage_costs(self.cfg, self.run.root, prints, estimates)
         lines += describe_costs([c for c in costs if self._chosen(c.stage)])
         for st in plan(self.cfg):

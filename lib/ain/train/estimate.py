@@ -25,7 +25,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from ain.data.shards import read_manifest
 from ain.rundir import RunDir
@@ -63,6 +63,23 @@ class GpuHours:
     def wall_hours(self) -> float:
         return self.gpu_hours / max(1, self.gpus)
 
+    # the estimate protocol of ain.slurm.cost (StageSpec.estimate): one task, on all its devices
+    @property
+    def task_hours(self) -> float:
+        return self.wall_hours
+
+    @property
+    def devices_per_task(self) -> int:
+        return self.gpus
+
+    @property
+    def work(self) -> str:
+        return f"{self.samples:,} samples, {self.tokens:,.0f} tokens"
+
+    @property
+    def rate(self) -> str:
+        return f"{self.tokens_per_gpu_s:,.0f} tokens/s per GPU ({self.throughput_source})"
+
     def shape(self) -> str:
         """The topology, the global batch (in packed rows) and the schedule's steps."""
         per_node = self.gpus_per_node or max(1, self.gpus // max(1, self.nodes))
@@ -83,7 +100,7 @@ class GpuHours:
                 f"{self.shape()}" + (f"\n{self.attention}" if self.attention else ""))
 
 
-def estimate_train(cfg: RunConfig, run_root: Path) -> GpuHours:
+def estimate_train(cfg: RunConfig, run_root: Path, upstream: Optional[Mapping[str, Any]] = None) -> GpuHours:
     t = cfg.train
     manifest = read_manifest(RunDir(run_root).stage("pack").out)
     if manifest:

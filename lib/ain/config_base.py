@@ -151,6 +151,10 @@ class ClusterConfig:
     """Seconds before the time limit at which Slurm sends USR2 (the task checkpoints and requeues)."""
     array_parallelism: int = 64
     """Most array tasks of one stage running at once (the %N throttle)."""
+    max_gpus: int = 0
+    """GPUs this profile's jobs can hold at once (your share: e.g. a QOS GrpTRES=gres/gpu limit);
+    0: no limit. Planning only: the dry run's wall-clock runs at most max_gpus // (GPUs per task)
+    tasks of an array at once. Slurm enforces the real limit."""
     max_array_size: int = 1001
     """Most tasks one stage may have (Slurm's MaxArraySize, 1001 by default: `scontrol show config`)."""
     max_requeues: int = 3

@@ -315,12 +315,19 @@ def variant_results(run: RunDir) -> dict[str, Any]:
     """What one variant measured: its data funnel (mix), final training loss, every score."""
     mix = _read(run.stage("mix").out / "mix_report.json")
     evaluation = _read(run.root / "report" / "eval.json")
+    curation = _read(run.root / "report" / "curation.json")
     row: dict[str, Any] = {"samples": None, "arabic_share": None, "authentic_arabic_share": None, "domains": {},
-                           "final_loss": _final_loss(run), "scores": {}}
+                           "by_domain": {}, "funnel": {}, "final_loss": _final_loss(run), "scores": {}}
     if mix:
         realised = mix.get("realised", {})
+        counts = mix.get("counts", {})
         row.update(samples=mix.get("samples"), arabic_share=realised.get("arabic_share"),
-                   authentic_arabic_share=realised.get("authentic_arabic_share"), domains=realised.get("domains", {}))
+                   authentic_arabic_share=realised.get("authentic_arabic_share"), domains=realised.get("domains", {}),
+                   by_domain=realised.get("by_domain", {}))
+        row["funnel"]["dropped as unsafe"] = sum(v for k, v in counts.items() if k.startswith("dropped_unsafe"))
+    if curation:  # the report stage's funnel: what each curation stage let through
+        for entry in curation.get("funnel", []):
+            row["funnel"][FUNNEL_COLUMNS.get(entry.get("stage"), entry.get("stage"))] = entry.get("out")
     if evaluation:
         camel = evaluation.get("camel_bench", {})
         for domain, entry in camel.get("domains", {}).items():
@@ -332,6 +339,29 @@ def variant_results(run: RunDir) -> dict[str, Any]:
         for bench, entry in (evaluation.get("english") or {}).items():
             row["scores"][_score_key("english", bench)] = entry.get("score")
     return row
+
+
+FUNNEL_COLUMNS = {"ingest": "ingested", "translate": "translated", "verify": "passed verify", "mix": "mixed",
+                  "pack": "packed"}
+
+
+def _funnel_and_domain_lines(variants: list[str], rows: dict[str, Any]) -> list[str]:
+    """The data funnel (samples after each curation stage) and, per domain, the mixed samples and
+    their Arabic and authentic-Arabic shares (mix_report's `by_domain`)."""
+    lines: list[str] = []
+    order = ["ingested", "translated", "passed verify", "dropped as unsafe", "mixed", "packed"]
+    columns = [c for c in order if any(c in rows[n]["funnel"] for n in variants)]
+    if columns:
+        lines += ["", "## Data funnel", "", "| Variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        lines += [f"| {n} | " + " | ".join(_fmt(rows[n]["funnel"].get(c)) for c in columns) + " |" for n in variants]
+    if any(rows[n]["by_domain"] for n in variants):
+        lines += ["", "## Per domain (mixed samples)", "",
+                  "| Variant | Domain | Samples | Arabic share | Authentic Arabic share |", "|---|---|---|---|---|"]
+        for n in variants:
+            for domain, d in rows[n]["by_domain"].items():
+                lines.append(f"| {n} | {domain} | {d['samples']} | {_fmt(d['arabic_share'], 3)} | "
+                             f"{_fmt(d['authentic_arabic_share'], 3)} |")
+    return lines
 
 
 def _score_key(family: str, column: str) -> str:
@@ -408,6 +438,7 @@ def write_sweep_report(root: Path) -> dict[str, Any]:
         r = rows[v["name"]]
         lines.append(f"| {v['name']} | {' '.join(v['overrides']) or '-'} | {_fmt(r['samples'])} | "
                      f"{_fmt(r['arabic_share'], 3)} | {_fmt(r['authentic_arabic_share'], 3)} | {_fmt(r['final_loss'], 4)} |")
+    lines += _funnel_and_domain_lines(names, rows)
     if columns:
         lines += ["", "## Scores", "", "| Variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for v in record["variants"]:

@@ -31,6 +31,14 @@ def _submit(tmp_path: Path, *extra: str) -> str:
     return proc.stdout
 
 
+def _table(markdown: str, heading: str) -> list[list[str]]:
+    """The cells of the table under `## heading`, header and separator left out."""
+    lines = markdown.split(f"## {heading}\n", 1)[1].splitlines()
+    end = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
+    rows = [line for line in lines[:end] if line.startswith("|")][2:]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in rows]
+
+
 def _submits(run: RunDir) -> list[dict]:
     return [e for e in run.events() if e["kind"] == "submit"]
 
@@ -57,7 +65,7 @@ def test_authentic_share_sweep_runs_curation_once_and_forks_at_mix(slurm_cluster
                                           capture_output=True, text=True).stdout.strip(), 120, "the sweep report job")
     by_job = (root / "report" / "sweep.md")
     assert by_job.exists(), sorted(p.name for p in (root / "report_job").iterdir())
-    assert len([line for line in by_job.read_text().splitlines() if line.startswith("| share_")]) == 6  # 2 tables
+    assert len(_table(by_job.read_text(), "Data and training")) == 3
     assert f"sweep report written: {by_job}" in (root / "report_job" / f"{report_job['job_id']}_0_log.out").read_text()
     shown = subprocess.run([sys.executable, "jobs/status.py", str(root)], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout
@@ -85,13 +93,17 @@ def test_authentic_share_sweep_runs_curation_once_and_forks_at_mix(slurm_cluster
     report = subprocess.run([sys.executable, "jobs/report.py", str(root)], cwd=ROOT, capture_output=True, text=True)
     assert report.returncode == 0, report.stderr
     table = (root / "report" / "sweep.md").read_text()
-    rows = [line.split("|") for line in table.splitlines() if line.startswith("| share_")]
-    funnel, scores = rows[:3], rows[3:]
-    assert len(funnel) == 3 and len(scores) == 3, table
-    assert all(r[3].strip().isdigit() and float(r[6]) > 0 for r in funnel), table   # samples, final loss
-    header = next(line for line in table.splitlines() if line.startswith("| Variant | CAMEL")).split("|")
-    measured = [header.index(" CAMEL total "), header.index(" ArabicMMLU ")]
-    assert all(r[i].strip().split()[0].replace(".", "").isdigit() for r in scores for i in measured), table
+    data, funnel, scores = (_table(table, h) for h in ("Data and training", "Data funnel", "Scores"))
+    assert [r[0] for r in data] == [r[0] for r in funnel] == [r[0] for r in scores[:3]] == names, table
+    assert all(r[2].isdigit() and float(r[5]) > 0 for r in data), table              # samples, final loss
+    assert len({tuple(r[1:4]) for r in funnel}) == 1, table    # ingested, translated, verified: shared, the same
+    assert all(r[5] == d[2] for r, d in zip(funnel, data)), table                    # mixed = the samples
+    header = next(line for line in table.splitlines() if line.startswith("| Variant | CAMEL"))
+    header = [c.strip() for c in header.strip("|").split("|")]
+    for i in (header.index("CAMEL total"), header.index("ArabicMMLU")):
+        assert all(float(r[i].split()[0]) >= 0 for r in scores[:3]), table           # measured, not "-"
+    domains = _table(table, "Per domain (mixed samples)")
+    assert {r[0] for r in domains} == set(names) and all(r[2].isdigit() for r in domains), table
     again = _submit(tmp_path)
     assert "submitted" not in again.split("stage computations")[1], again     # nothing left to do
     assert "sweep report: job" not in again and json.loads((root / "report_job.json").read_text()) == report_job

@@ -38,6 +38,21 @@ def test_limits_and_training_estimate_by_hand(tmp_path):
     assert "includes upper bounds from time limits" in text
 
 
+def test_the_profiles_gpu_share_bounds_the_tasks_at_once(tmp_path):
+    """32 translate tasks of 4 GPUs, 64 at once by the array throttle; a share of 8 GPUs runs two
+    at a time: 16 rounds of the task's hours (by hand), the GPU-hours unchanged."""
+    base = ["recipe=ain", "cluster=slurm", f"runs_root={tmp_path}", "stages=[ingest,translate]",
+            "translate.num_tasks=32", "translate.resources.time_min=60"]
+    free = {c.stage: c for c in stage_costs(load_config([*base, "cluster.max_gpus=0"], check_paths=False), tmp_path)}
+    shared = {c.stage: c for c in stage_costs(load_config([*base, "cluster.max_gpus=8"], check_paths=False), tmp_path)}
+    for c in (free["translate"], shared["translate"]):
+        assert (c.source, c.gpus_per_task, c.task_hours) == ("limit", 4, 1.0)   # the sources are not here
+    assert free["translate"].parallel == 32 and free["translate"].wall_hours == pytest.approx(1.0)
+    assert shared["translate"].parallel == 2 and shared["translate"].wall_hours == pytest.approx(16.0)
+    assert shared["translate"].gpu_hours == free["translate"].gpu_hours == pytest.approx(128.0)
+    assert shared["ingest"].parallel == free["ingest"].parallel  # no GPUs: not bounded by the share
+
+
 @pytest.mark.slow
 def test_measured_task_seconds_of_the_same_fingerprint_are_used(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)

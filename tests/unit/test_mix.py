@@ -75,3 +75,16 @@ def test_unmeetable_target_warns_and_keeps_data(tmp_path):
                                     authentic_arabic_share=0.35)
     assert marker["warnings"] == 1 and "authentic_arabic_share" in report["warnings"][0]
     assert len(mixed) == 6
+
+
+def test_report_has_the_shares_of_every_domain(tmp_path):
+    english = [sample(i) for i in range(6)]                                        # general, en
+    authentic = [sample(100 + i, "ar", True, "medical") for i in range(2)]
+    translated = ([sample(200 + i, "ar", False) for i in range(3)]                  # general, ar
+                  + [sample(300 + i, "ar", False, "medical") for i in range(2)])
+    _, mixed, report = mix_run(tmp_path, english + authentic, translated, authentic_arabic_share=None)
+    assert len(mixed) == 13
+    # general: 6 en + 3 translated ar; medical: 2 authentic + 2 translated ar
+    assert report["realised"]["by_domain"] == {
+        "general": {"samples": 9, "arabic_share": pytest.approx(3 / 9), "authentic_arabic_share": 0.0},
+        "medical": {"samples": 4, "arabic_share": 1.0, "authentic_arabic_share": 0.5}}

@@ -85,6 +85,12 @@ def test_three_variant_sweep_runs_shared_stages_once(tmp_path, monkeypatch):
     table = (tmp_path / "share" / "report" / "sweep.md").read_text()
     assert all(f"| {v.name} |" in table for v in plan.variants)
     assert all(result["variants"][v.name]["samples"] for v in plan.variants)
+    # per domain: mix's realised shares of each domain, as mix_report.json has them
+    by_domain = json.loads((runs[base.name].stage("mix").out / "mix_report.json").read_text())["realised"]["by_domain"]
+    general = by_domain["general"]
+    assert (f"| {base.name} | general | {general['samples']} | {general['arabic_share']:.3f} | "
+            f"{general['authentic_arabic_share']:.3f} |") in table
+    assert sum(d["samples"] for d in by_domain.values()) == result["variants"][base.name]["samples"]
     assert read_sweep(tmp_path / "share")["baseline"] == base.name
     # with eval reports (written here in eval_report's format): scores, deltas, the published row, a plot
     published = {"camel_bench": {"columns": ["VQA", "Total"], "rows": {"AIN-7B": [56.78, 63.77]}}}

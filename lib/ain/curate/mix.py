@@ -197,9 +197,19 @@ def run_mix_task(ctx: TaskContext) -> dict[str, Any]:
     return {"items": len(mixed), "mixed": len(mixed), **counts, "warnings": len(warnings), "files": files}
 
 
+def shares(samples: list[dict]) -> dict[str, Any]:
+    """Samples, Arabic share and authentic share of the Arabic, of a group of mixed samples."""
+    arabic = [s for s in samples if s["language"] == "ar"]
+    return {"samples": len(samples), "arabic_share": len(arabic) / max(len(samples), 1),
+            "authentic_arabic_share": (sum(1 for s in arabic if s.get("authentic", True)) / len(arabic)
+                                       if arabic else None)}
+
+
 def mix_report(mixed: list[dict], counts: Counter, warnings: list[str], cfg) -> dict[str, Any]:
-    arabic = [s for s in mixed if s["language"] == "ar"]
-    n = max(len(mixed), 1)
+    overall = shares(mixed)
+    by_domain: dict[str, list[dict]] = {}
+    for sample in mixed:
+        by_domain.setdefault(sample["domain"], []).append(sample)
     return {
         "seed": cfg.seed,
         "samples": len(mixed),
@@ -208,12 +218,12 @@ def mix_report(mixed: list[dict], counts: Counter, warnings: list[str], cfg) -> 
         "targets": {"authentic_arabic_share": cfg.mix.authentic_arabic_share, "arabic_share": cfg.mix.arabic_share,
                     "domain_caps": dict(cfg.mix.domain_caps)},
         "realised": {
-            "authentic_arabic_share": (sum(1 for s in arabic if s.get("authentic", True)) / len(arabic)
-                                       if arabic else None),
-            "arabic_share": len(arabic) / n,
+            "authentic_arabic_share": overall["authentic_arabic_share"],
+            "arabic_share": overall["arabic_share"],
             "languages": dict(Counter(s["language"] for s in mixed)),
             "domains": dict(Counter(s["domain"] for s in mixed)),
             "sources": dict(Counter(s["source"] for s in mixed)),
+            "by_domain": {domain: shares(group) for domain, group in sorted(by_domain.items())},
         },
     }
 

@@ -16,8 +16,9 @@ Sources, best first:
              with work units but no throughput figure (mix, pack) still shows its units.
 
 GPUs per task are the task's own (nodes x gpus_per_node; per_task judge servers run on them).
-Wall-clock hours assume `cluster.array_parallelism` tasks of an array at once and stages one
-after another; shared judge server jobs are not included.
+Wall-clock hours assume `cluster.array_parallelism` tasks of an array at once (fewer when
+`cluster.max_gpus`, the profile's GPU share, holds fewer tasks' GPUs) and stages one after
+another; shared judge server jobs are not included.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def stage_costs(cfg: "RunConfig", run_root: Path, prints: Optional[dict[str, Fin
         r = st.resources
         gpus = r.nodes * r.gpus_per_node
         parallel = 1 if st.spec.multi_node else min(st.num_tasks, max(1, cfg.cluster.array_parallelism))
+        if cfg.cluster.max_gpus and gpus:  # the profile's GPU share bounds how many tasks run at once
+            parallel = max(1, min(parallel, cfg.cluster.max_gpus // gpus))
         estimate = estimates.get(st.name)
         work = getattr(estimate, "work", "")
         found = measured(runs_root, st.name, prints[st.name].digest) if runs_root.is_dir() else None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 import ain.data.survey as survey
 from ain.config import load_config
@@ -123,9 +124,13 @@ def test_eval_items_of_the_smoke_datasets_by_hand(tmp_path):
     assert e.task_hours == pytest.approx(sum(by_hand.values()) / 0.01 / 6 / 3600)
     capped = compute_estimates(smoke(tmp_path, "eval.max_items_per_dataset=1"), tmp_path / "smoke")["eval"]
     assert capped.unit("items") == 6
-    # a dataset read from the hub is not counted: no time estimate that would leave it out
+    # read from the hub: the rows its card records (CAMEL-Bench mme: 896, chartqa: 745); a dataset
+    # without a recorded card is not counted, and no time estimate leaves it out
     hub = compute_estimates(smoke(tmp_path, "eval.data_root=''"), tmp_path / "smoke")["eval"]
-    assert hub.task_hours is None and "NOT counted (read from the hub at run time): mme" in hub.sources
+    cards = yaml.safe_load((ROOT / "configs" / "eval" / "hub_cards.yaml").read_text())["cards"]
+    assert (cards["mme"]["rows"], cards["chartqa"]["rows"]) == (896, 745)
+    assert hub.unit("items in the 2 dataset(s) counted") == 896 + 745
+    assert hub.task_hours is None and "NOT counted (read from the hub at run time): khatt" in hub.sources
     assert {c.stage: c.source for c in stage_costs(smoke(tmp_path, "eval.data_root=''"), tmp_path / "x")}["eval"] == "limit"
 
 

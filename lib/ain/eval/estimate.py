@@ -2,15 +2,19 @@
 the local mirror (`eval.data_root`) the way the stage selects them (the registry's `where`,
 ArabicMMLU's few-shot rows left out, `max_items_per_dataset`), at `eval.items_per_gpu_s`.
 
-Datasets read from the hub are not counted here (the login node may have no network, and a
-download is not a dry run's business): they are named, and while any is uncounted the stage's
-time stays its time limit rather than an estimate that leaves them out.
+Datasets read from the hub are not downloaded here (the login node may have no network, and a
+download is not a dry run's business): their rows come from their hub card as recorded in
+`<registry_dir>/hub_cards.yaml` (the card's num_examples at a named commit). Those without a
+recorded card are named, and while any is uncounted the stage's time stays its time limit rather
+than an estimate that leaves them out.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+import yaml
 
 from ain.eval.data import DataError, iter_rows, local_path, selected
 from ain.eval.registry import DatasetSpec, eval_units, load_registry
@@ -39,17 +43,29 @@ def count_items(spec: DatasetSpec, data_root: str, cap: int = 0) -> Optional[int
     return min(n, cap) if cap else n
 
 
+def card_rows(registry_dir: Path) -> dict[str, int]:
+    """dataset -> rows of its split, from the recorded hub cards (complete ones with a row count)."""
+    path = Path(registry_dir) / "hub_cards.yaml"
+    if not path.is_file():
+        return {}
+    cards = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("cards") or {}
+    return {name: int(c["rows"]) for name, c in cards.items() if c.get("rows") and not c.get("partial")}
+
+
 def estimate_eval(cfg: "RunConfig", run_root: Path, upstream: Mapping[str, Any]) -> WorkEstimate:
     e = cfg.eval
     units = eval_units(e, load_registry(e.registry_path(), e.camel_grouping))
     items: dict[str, int] = {}
     uncounted: list[str] = []
+    from_cards = card_rows(e.registry_path()) if not e.data_root else {}
     for unit in units:
         for spec in unit.datasets:
             try:
                 n = count_items(spec, e.data_root, e.max_items_per_dataset)
             except DataError as exc:  # the stage would fail on it too: say so here
                 raise ValueError(f"eval dataset {spec.name}: {exc}") from None
+            if n is None and spec.name in from_cards and not spec.where:
+                n = min(from_cards[spec.name], e.max_items_per_dataset or from_cards[spec.name])
             if n is None:
                 uncounted.append(spec.name)
             else:
@@ -59,8 +75,9 @@ def estimate_eval(cfg: "RunConfig", run_root: Path, upstream: Mapping[str, Any])
     by_family = {}
     for unit in units:
         by_family[unit.family] = by_family.get(unit.family, 0) + sum(items.get(s.name, 0) for s in unit.datasets)
-    sources = (f"{len(items)} dataset(s) counted in {e.data_root}: "
-               + ", ".join(f"{f} {n:,}" for f, n in by_family.items()) if items else "no dataset counted")
+    where = f"counted in {e.data_root}" if e.data_root else "from their hub cards' rows (configs/eval/hub_cards.yaml)"
+    sources = (f"{len(items)} dataset(s) {where}: " + ", ".join(f"{f} {n:,}" for f, n in by_family.items())
+               if items else "no dataset counted")
     if uncounted:
         more = f" and {len(uncounted) - 8} more" if len(uncounted) > 8 else ""
         sources += f"; NOT counted (read from the hub at run time): {', '.join(uncounted[:8])}{more}"

@@ -145,7 +145,7 @@ def test_big_files_are_estimated_from_their_first_rows(tmp_path, monkeypatch):
     doc.write_text(json.dumps([row] * 2_000, indent=1))
     for path in (lines, doc):
         s = survey.survey_source(IngestSource(path=str(path)))
-        assert s.rows_how == "estimated from the first rows' size" and s.surveyed == survey.SURVEY_ROWS
+        assert s.rows_how == survey.ESTIMATED and s.surveyed == survey.SURVEY_ROWS
         assert math.isclose(s.rows, 2_000, rel_tol=0.01), (path.name, s.rows)
         assert s.samples == s.surveyed and s.english == s.surveyed
     missing = survey.survey_source(IngestSource(path=str(tmp_path / "nope.jsonl")))

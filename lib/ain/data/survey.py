@@ -55,7 +55,7 @@ ESTIMATED = f"estimated from the rows in the first {HEAD_BYTES >> 20} MiB"
 class SourceSurvey:
     name: str
     rows: int | None            # the source's rows (None: not known without reading it all)
-    rows_how: str               # "exact" | "estimated from the first rows' size" | why unknown
+    rows_how: str               # "exact", ESTIMATED or why it is unknown
     surveyed: int = 0           # first rows looked at
     samples: int = 0            # of them, valid samples
     english: int = 0            # English samples (what translate takes)

@@ -50,7 +50,7 @@ class WorkEstimate:
     sources: str
     task_hours: Optional[float] = None
     devices_per_task: int = 1
-    rate: str = ""                   # "600 output tokens/s per GPU (translate.output_tokens_per_gpu_s)"
+    rate: str = ""                   # "500 output tokens/s per GPU (translate.output_tokens_per_gpu_s)"
     carry: Mapping[str, Any] = field(default_factory=dict)
 
     def unit(self, name: str, default: float = 0.0) -> float:
@@ -97,6 +97,7 @@ class StageCost:
     source: str                # measured | estimate | limit
     detail: str                # where the figure comes from, and the work it covers
     work: str = ""             # the stage's work units (WorkEstimate.work), when estimated
+    on_gpus: bool = True       # False: a CPU-only stage, whose estimate counts one device per task/rank
 
     @property
     def gpu_hours(self) -> float:
@@ -148,7 +149,7 @@ def stage_costs(cfg: "RunConfig", run_root: Path, prints: Optional[dict[str, Fin
         if estimate is not None and estimate.task_hours is not None:
             devices = estimate.devices_per_task or max(1, gpus)  # on CPU: one device per rank
             out.append(StageCost(st.name, st.num_tasks, devices, estimate.task_hours, parallel, "estimate",
-                                 estimate.rate, work))
+                                 estimate.rate, work, on_gpus=gpus > 0))
         else:
             out.append(StageCost(st.name, st.num_tasks, gpus, r.time_min / 60, parallel, "limit",
                                  f"time limit {r.time_min} min per task (upper bound)", work))
@@ -158,9 +159,12 @@ def stage_costs(cfg: "RunConfig", run_root: Path, prints: Optional[dict[str, Fin
 def describe_costs(costs: list[StageCost], title: str = "cost") -> list[str]:
     lines = [f"{title} (GPU-hours; wall hours with array parallelism, stages in sequence):"]
     for c in costs:
-        lines.append(f"  {c.stage}: {c.tasks} task(s) x {c.gpus_per_task} GPU, {c.gpu_hours:,.1f} GPU-h, "
+        unit = "GPU" if c.on_gpus else "CPU device"
+        lines.append(f"  {c.stage}: {c.tasks} task(s) x {c.gpus_per_task} {unit}, {c.gpu_hours:,.1f} {unit}-h, "
                      f"{c.wall_hours:,.2f} h wall [{c.source}: {c.detail}]" + (f"; work: {c.work}" if c.work else ""))
-    lines.append(f"  total: {sum(c.gpu_hours for c in costs):,.1f} GPU-h, {sum(c.wall_hours for c in costs):,.2f} h wall"
+    cpu = sum(c.gpu_hours for c in costs if not c.on_gpus)
+    lines.append(f"  total: {sum(c.gpu_hours for c in costs if c.on_gpus):,.1f} GPU-h"
+                 + (f" (+ {cpu:,.1f} CPU device-h)" if cpu else "") + f", {sum(c.wall_hours for c in costs):,.2f} h wall"
                  + ("" if all(c.source == "measured" for c in costs) else
                     " (includes upper bounds from time limits where nothing was measured)"))
     return lines

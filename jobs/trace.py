@@ -12,7 +12,8 @@ English original trace together; so do dropped, rejected and quarantined rows ("
 
 A trace is a lookup in runs/<name>/lineage/ (built by the report stage, refreshed by
 --build-index, e.g. after training); files written since are scanned and the trace says so.
---raw re-reads the row from the ingest source (sequentially up to that row: slow on big sources).
+--raw re-reads the row from the ingest source (ain.data.readers.read_row: JSON lines seek to the
+row's byte offset and Parquet reads one row group; a JSON document is parsed whole).
 """
 
 import argparse
@@ -38,7 +39,7 @@ def _plain(value: Any) -> Any:
 def raw_reader(run: RunDir):
     """sample -> its row as the ingest source has it, read with ingest's own readers (the entry
     point composes the lineage layer with ain.data; lib/ain/lineage.py imports no component)."""
-    from ain.data.readers import iter_rows, source_name
+    from ain.data.readers import read_row, source_name
 
     sources = {source_name(s): s for s in run.load_config().ingest.sources}
 
@@ -47,11 +48,9 @@ def raw_reader(run: RunDir):
         if src is None:
             raise LookupError(f"source {sample.get('source')!r} is not in the run's ingest.sources")
         row = sample["origin"]["row"]
-        for raw in iter_rows(src):
-            if raw.index == row:
-                return _plain(raw.load())
-            if raw.index > row:
-                break
+        raw = read_row(src, row)
+        if raw is not None:
+            return _plain(raw.load())
         raise LookupError(f"{src.path} has no row {row} now (the file changed since ingest?)")
 
     return read

@@ -153,3 +153,26 @@ def test_json_document_slices_are_row_ranges(tmp_path):
     for n in (2, 4, 11, 13):
         assert _union(src, n) == whole
     assert readers.whole_read_reason(src) == "one JSON document, which can only be parsed whole"
+
+
+def test_read_row_finds_each_row_by_its_number_alone(tmp_path):
+    """jobs/trace.py --raw: read_row(src, n) is the row iter_rows numbers n, for JSON lines (by
+    seeking to byte n), Parquet (one row group), a dataset and a JSON document; any other number
+    (a byte inside a line, a blank line, past the end) has no row."""
+    datasets = pytest.importorskip("datasets")
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_bytes(_awkward_jsonl(3))
+    table = pa.table({"i": list(range(40)), "text": [f"t{i}" for i in range(40)]})
+    pq.write_table(table, tmp_path / "rows.parquet", row_group_size=7)
+    datasets.Dataset.from_dict(table.to_pydict()).save_to_disk(str(tmp_path / "ds"))
+    (tmp_path / "rows.json").write_text(json.dumps(table.to_pylist()))
+    sources = [IngestSource(path=str(jsonl)), IngestSource(path=str(tmp_path / "rows.parquet")),
+               IngestSource(path=str(tmp_path / "ds"), format="hf_disk"), IngestSource(path=str(tmp_path / "rows.json"))]
+    for src in sources:
+        whole = {r.index: r.raw for r in iter_rows(src)}
+        assert len(whole) == 40
+        for index, raw in whole.items():
+            got = readers.read_row(src, index)
+            assert got is not None and (got.index, got.raw) == (index, raw), (src.path, index)
+        top = len(jsonl.read_bytes()) if src.path == str(jsonl) else 40
+        assert all(readers.read_row(src, n) is None for n in set(range(-1, top + 2)) - set(whole)), src.path

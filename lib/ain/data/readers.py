@@ -484,6 +484,48 @@ def _iter_parquet(path: Path, part: Slice = WHOLE) -> Iterator[RawRow]:
             index += 1
 
 
+def read_row(src: IngestSource, row: int, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> RawRow | None:
+    """The row numbered `row` (its index as iter_rows numbers it), reading as little as the format
+    allows: JSON lines seek straight to the byte offset that is the row's number, Parquet reads
+    the one row group holding it, datasets take that row of the memory-mapped table; a JSON
+    document or a compressed file is read up to it. None: no row has that number."""
+    fmt = detect_format(src)
+    path = Path(src.path)
+    if fmt == "jsonl" and compression_of(path) is None:
+        if not 0 <= row < path.stat().st_size:
+            return None
+        with open_source(path) as f:
+            if row > 0:
+                f.seek(row - 1)
+                if f.read(1) not in (b"\n", b"\r"):
+                    return None  # not where a line starts
+            found = next(iter_lines(f, max_row_bytes), None)
+        if found is None or not (found[3] > max_row_bytes or found[2].strip()):
+            return None  # a blank line is no row
+        if found[3] > max_row_bytes:
+            return next((r for r in _iter_jsonl(path, max_row_bytes) if r.index == row), None)
+        return RawRow(row, found[2], row)
+    if fmt == "parquet" and compression_of(path) is None:
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        pf = pq.ParquetFile(path)
+        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        starts = list(itertools.accumulate(sizes, initial=0))
+        group = next((g for g in range(len(sizes)) if starts[g] <= row < starts[g + 1]), None)
+        if group is None:
+            return None
+        return RawRow(row, pf.read_row_group(group).slice(row - starts[group], 1).to_pylist()[0])
+    if fmt in ("hf_disk", "hub"):
+        ds = _load_from_disk(path, src.split) if fmt == "hf_disk" else _load_hub(src.path, src.split)
+        if not 0 <= row < len(ds):
+            return None
+        return RawRow(row, ds.select([row]).with_format("arrow")[:1].to_pylist()[0])
+    for raw in iter_rows(src, max_row_bytes):
+        if raw.index >= row:
+            return raw if raw.index == row else None
+    return None
+
+
 def count_rows_upto(src: IngestSource, limit: int) -> int | None:
     """The source's rows when that is cheap to know, counting at most `limit` (JSON lines: lines
     read, not parsed; parquet: its metadata; a JSON document up to COUNT_JSON_BYTES, parsed); None

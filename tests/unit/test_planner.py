@@ -97,14 +97,14 @@ def test_the_translators_tokenizer_counts_when_it_is_here():
     from transformers import AutoTokenizer
 
     model = str(ROOT / ".cache" / "tiny" / "translator")
-    count, request, how = token_counter(model, "Translate: {text}")
+    count, request, how = token_counter(model)
     tok = AutoTokenizer.from_pretrained(model)
     assert how.startswith("counted with the tokenizer")
     assert count("The square is blue.") == len(tok("The square is blue.", add_special_tokens=False)["input_ids"])
     rendered = tok.apply_chat_template([{"role": "user", "content": "Translate: The square is blue."}],
                                        add_generation_prompt=True, tokenize=False)
     assert "Translate: The square is blue." in rendered
-    assert request("The square is blue.") == len(tok(rendered, add_special_tokens=False)["input_ids"]) > count(
+    assert request("Translate: {text}", "The square is blue.") == len(tok(rendered, add_special_tokens=False)["input_ids"]) > count(
         "Translate: The square is blue.")
 
 

@@ -40,9 +40,10 @@ def task_devices(resources: "Resources") -> int:
     return max(1, resources.nodes * resources.gpus_per_node)
 
 
-def token_counter(model: str, template: str) -> tuple[Callable[[str], int], Callable[[str], int], str]:
-    """(tokens of a text, tokens of the whole request with `text` in `template`, how counted). The
-    translator's tokenizer when it loads without the network, else characters x the assumed rate."""
+def token_counter(model: str) -> tuple[Callable[[str], int], Callable[[str, str], int], str]:
+    """(tokens of a text, tokens of the whole request (template, text) with `text` in `template`, how
+    counted). The translator's tokenizer, loaded once, when it loads without the network, else
+    characters x the assumed rate."""
     try:
         from transformers import AutoTokenizer  # noqa: PLC0415 - heavy, dry run only
 
@@ -51,13 +52,13 @@ def token_counter(model: str, template: str) -> tuple[Callable[[str], int], Call
         def by_chars(text: str) -> int:
             return round(len(text) * ASSUMED_TOKENS_PER_CHAR)
 
-        return by_chars, lambda text: by_chars(template.replace("{text}", text)), (
+        return by_chars, lambda template, text: by_chars(template.replace("{text}", text)), (
             f"{ASSUMED_TOKENS_PER_CHAR} tokens per character assumed: the tokenizer of {model} is not on this machine")
 
     def text_tokens(text: str) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
-    def request_tokens(text: str) -> int:
+    def request_tokens(template: str, text: str) -> int:
         content = template.replace("{text}", text)
         if getattr(tok, "chat_template", None):
             ids = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
@@ -88,9 +89,8 @@ def translation_tokens(cfg: "RunConfig", texts: list[tuple[str, float]]) -> dict
     """Requests and tokens of translating `texts` ((English turn, weight)) there and back."""
     t = cfg.translate
     ratio = t.arabic_tokens_per_english_token
-    count, to_ar, how = token_counter(t.translator.model, t.to_ar_prompt)
-    _, to_en, _ = token_counter(t.translator.model, t.to_en_prompt)
-    en_prompt_overhead = to_en("")  # the AR->EN request without its text
+    count, request, how = token_counter(t.translator.model)
+    en_prompt_overhead = request(t.to_en_prompt, "")  # the AR->EN request without its text
     out = {"turns": 0.0, "input": 0.0, "output": 0.0, "how": how}
     for text, weight in texts:
         masked = mask(text)
@@ -99,7 +99,7 @@ def translation_tokens(cfg: "RunConfig", texts: list[tuple[str, float]]) -> dict
         en = count(masked.text)
         ar = en * ratio
         out["turns"] += weight
-        out["input"] += weight * (to_ar(masked.text) + en_prompt_overhead + ar)
+        out["input"] += weight * (request(t.to_ar_prompt, masked.text) + en_prompt_overhead + ar)
         out["output"] += weight * (ar + en)
     return out
 

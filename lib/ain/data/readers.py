@@ -458,6 +458,12 @@ def _duplicate_in(value: Any) -> str | None:
     return None
 
 
+def _group_starts(pf: Any) -> list[int]:
+    """The first row of each row group of a ParquetFile, and the row count at the end."""
+    return list(itertools.accumulate((pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)),
+                                     initial=0))
+
+
 def _iter_parquet(path: Path, part: Slice = WHOLE) -> Iterator[RawRow]:
     import pyarrow.parquet as pq  # noqa: PLC0415
 
@@ -472,9 +478,8 @@ def _iter_parquet(path: Path, part: Slice = WHOLE) -> Iterator[RawRow]:
     # Row groups are the unit a reader can fetch alone: a group is this slice's when its first
     # row is (a file written as one group goes to one slice whole).
     lo, hi = part.bounds(pf.metadata.num_rows)
-    sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
-    starts = list(itertools.accumulate(sizes, initial=0))
-    groups = [g for g in range(len(sizes)) if lo <= starts[g] < hi]
+    starts = _group_starts(pf)
+    groups = [g for g in range(len(starts) - 1) if lo <= starts[g] < hi]
     if not groups:
         return
     index = starts[groups[0]]
@@ -509,9 +514,8 @@ def read_row(src: IngestSource, row: int, max_row_bytes: int = DEFAULT_MAX_ROW_B
         import pyarrow.parquet as pq  # noqa: PLC0415
 
         pf = pq.ParquetFile(path)
-        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
-        starts = list(itertools.accumulate(sizes, initial=0))
-        group = next((g for g in range(len(sizes)) if starts[g] <= row < starts[g + 1]), None)
+        starts = _group_starts(pf)
+        group = next((g for g in range(len(starts) - 1) if starts[g] <= row < starts[g + 1]), None)
         if group is None:
             return None
         return RawRow(row, pf.read_row_group(group).slice(row - starts[group], 1).to_pylist()[0])
